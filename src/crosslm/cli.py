@@ -1,0 +1,85 @@
+"""The ``crosslm`` command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crosslm.config import load_config
+from crosslm.errors import CrossLMError
+from crosslm.report import summarise, summary_table
+from crosslm.rundir import RunDir, load_metrics
+
+app = typer.Typer(help="CrossLM: a server LLM and client SLMs improve each other without "
+                       "moving private data.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _fail(err: CrossLMError) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="experiment YAML; omitted: the defaults "
+                                                       "(SST-2, 4 clients, 3 rounds)")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a setting: key=value, "
+                                            "e.g. --set rounds=2 --set generation.top_k=20")] = [],  # noqa: B006
+    data_dir: Annotated[Path | None, typer.Option(help="local data folder (JSONL layout of "
+                                                  "shared/data); default $CROSSLM_DATA_DIR")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="run directory (default: from the "
+                                                    "config)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue after the last completed round")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing run directory first")] = False,
+) -> None:
+    """Run an experiment: round 0 (local SLMs, zero-shot LLM), then CrossLM rounds."""
+    overrides = list(set_)
+    if data_dir is not None:
+        overrides.append(f"data_dir={data_dir}")
+    if output_dir is not None:
+        overrides.append(f"output_dir={output_dir}")
+    if resume and overwrite:
+        _fail(CrossLMError("--resume and --overwrite exclude each other"))
+    try:
+        cfg = load_config(config, overrides)
+        start = time.perf_counter()
+
+        def progress(message: str) -> None:
+            console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {message}")
+
+        from crosslm.experiment import RoundLoop, build_in_process, load_experiment_data
+
+        progress("checking data and models")
+        data = load_experiment_data(cfg)
+        run_dir = RunDir(cfg.output_dir, cfg, "resume" if resume else
+                         "overwrite" if overwrite else "new")
+        progress("loading models")
+        server, federation = build_in_process(cfg, data, run_dir.path, progress)
+        llm_test = data.test[:cfg.evaluation.llm_test_size]
+        summary = RoundLoop(cfg, server, federation, run_dir, llm_test, data.data_dir,
+                            progress).run_all()
+    except CrossLMError as err:
+        _fail(err)
+    console.print(summary_table(summary))
+    console.print(f"run directory: {run_dir.path}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Print the metrics table of a finished (or partly finished) run again."""
+    try:
+        metrics = load_metrics(run_dir)
+        console.print(summary_table(summarise(metrics)))
+    except CrossLMError as err:
+        _fail(err)
+    except (IndexError, KeyError):
+        _fail(CrossLMError(f"{run_dir}: round 0 has not finished; no table yet"))
+
+
+def main() -> None:
+    app()

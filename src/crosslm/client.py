@@ -1,0 +1,125 @@
+"""The SLM side of a round: C1 fit, C2 score, E evaluate.
+
+A client's state (its model after each round, the accepted sets it received,
+its metrics) lives in a node-local directory, so a restarted client, or a
+runtime that starts a fresh process per message, carries on where it was.
+Private data is read here and never put into a reply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from crosslm.config import ClientsConfig
+from crosslm.models.classifier import TextClassifier, build_classifier
+from crosslm.models.training import TrainItem, accuracy, train_classifier
+from crosslm.protocol import FitIns, FitRes, Message, ScoreIns, ScoreRes
+from crosslm.rundir import write_atomic
+from crosslm.tasks.partition import ClientData
+from crosslm.tasks.spec import Example, TaskSpec
+
+
+class Client:
+    """One silo: its SLM, its private data, its state directory."""
+
+    def __init__(self, name: str, model_name: str, task: TaskSpec, data: ClientData,
+                 test: list[Example], state_dir: Path, config: ClientsConfig, seed: int) -> None:
+        self.name, self.model_name, self.task = name, model_name, task
+        self.data, self.test, self.config, self.seed = data, test, config, seed
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._classifier: TextClassifier | None = None
+        self._classifier_round: int | None = None  # which round's snapshot is in memory
+
+    def handle(self, message: Message) -> Message:
+        if isinstance(message, FitIns):
+            return self.fit(message)
+        if isinstance(message, ScoreIns):
+            return self.score(message)
+        raise ValueError(f"client {self.name} cannot handle {type(message).__name__}")
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _snapshot(self, round_: int) -> Path:
+        return self.state_dir / f"model-r{round_}.safetensors"
+
+    def _model_after(self, round_: int | None) -> TextClassifier:
+        """The SLM as it was after ``round_`` (None: freshly initialised)."""
+        if self._classifier is None:
+            self._classifier = build_classifier(self.model_name, self.task,
+                                                self.config.lora_rank, self.seed)
+            self._classifier_round = None
+            self._initial_state = {k: v.clone() for k, v in
+                                   self._classifier.trainable_state().items()}
+        if self._classifier_round != round_:
+            if round_ is None:
+                self._classifier.load_trainable_state(self._initial_state)
+            else:
+                self._classifier.load(self._snapshot(round_))
+            self._classifier_round = round_
+        return self._classifier
+
+    def _save(self, round_: int, classifier: TextClassifier, metrics: dict) -> None:
+        tmp = self._snapshot(round_).with_suffix(".tmp")
+        classifier.save(tmp)
+        os.replace(tmp, self._snapshot(round_))
+        for old in self.state_dir.glob("model-r*.safetensors"):
+            if int(old.stem.removeprefix("model-r")) < round_ - 1:
+                old.unlink()
+        write_atomic(self.state_dir / "state.json", json.dumps({"round": round_, **metrics}))
+        with (self.state_dir / "metrics.jsonl").open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"round": round_, **metrics}) + "\n")
+
+    def _state(self) -> dict:
+        return json.loads((self.state_dir / "state.json").read_text(encoding="utf-8"))
+
+    def _accepted_items(self, up_to_round: int) -> list[TrainItem]:
+        items = []
+        for round_ in range(1, up_to_round + 1):
+            path = self.state_dir / f"accepted-r{round_}.jsonl"
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    row = json.loads(line)
+                    items.append(TrainItem(row["text"], row["label"], tuple(row["soft_label"]),
+                                           self.config.synthetic_weight))
+        return items
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def fit(self, ins: FitIns) -> FitRes:
+        """C1: round 0 trains on private data to convergence; later rounds add the accepted sets."""
+        private = [TrainItem(ex.text, ex.label) for ex in self.data.train]
+        if ins.round == 0:
+            classifier = self._model_after(None)
+            budget, patience, accepted = self.config.local_training, self.config.patience, []
+        else:
+            rows = [{"text": t, "label": y, "soft_label": s}
+                    for t, y, s in zip(ins.texts, ins.labels, ins.soft_labels, strict=True)]
+            write_atomic(self.state_dir / f"accepted-r{ins.round}.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in rows))
+            classifier = self._model_after(ins.round - 1)
+            budget, patience = self.config.round_training, None
+            accepted = self._accepted_items(ins.round)
+        metrics = train_classifier(
+            classifier, private + accepted, lr=budget.lr, epochs=budget.epochs,
+            batch_size=budget.batch_size, seed=self.seed + ins.round,
+            distill_weight=self.config.distill_weight, validation=self.data.validation,
+            patience=patience)
+        self._classifier_round = ins.round
+        start = time.perf_counter()
+        test_acc = accuracy(classifier, self.test) if ins.evaluate else None
+        metrics |= {"num_accepted": len(accepted), "test_accuracy": test_acc,
+                    "eval_seconds": time.perf_counter() - start}
+        self._save(ins.round, classifier, metrics)
+        return FitRes(ins.round, len(self.data.train), metrics["val_accuracy"], test_acc,
+                      {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+
+    def score(self, ins: ScoreIns) -> ScoreRes:
+        """C2: this SLM's label distribution for every synthetic text."""
+        classifier = self._model_after(ins.round - 1)
+        probs = classifier.predict_proba(ins.texts)
+        return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
+                        len(self.data.train), self._state()["val_accuracy"])

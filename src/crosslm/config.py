@@ -1,0 +1,164 @@
+"""Experiment configuration: one validated tree, loaded from YAML with ``--set`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crosslm.errors import CrossLMError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Section):
+    """An optimisation budget; used by client SLM training and the server's LoRA phases."""
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=16, ge=1)
+
+
+class ClientsConfig(_Section):
+    num_clients: int = Field(default=4, ge=1)
+    examples_per_client: int = Field(default=128, ge=1)
+    validation_per_client: int = Field(default=32, ge=1)
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    dirichlet_alpha: float = Field(default=1.0, gt=0)
+    slm: list[str] = Field(
+        default=["minilm-l6"], min_length=1,
+        description="model per client, cycled over clients: an alias, hub id or local directory",
+    )
+    local_training: TrainConfig = TrainConfig(lr=5e-5, epochs=20, batch_size=16)
+    patience: int = Field(default=3, ge=1, description="epochs without validation gain before stopping")
+    round_training: TrainConfig = TrainConfig(lr=2e-5, epochs=2, batch_size=16)
+    synthetic_weight: float = Field(default=1.0, ge=0, description="loss weight of accepted samples")
+    distill_weight: float = Field(
+        default=0.5, ge=0, le=1,
+        description="share of the accepted samples' loss that matches the aggregated soft label",
+    )
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank for causal-LM SLMs")
+
+
+class ServerConfig(_Section):
+    llm: str = "gemma3-270m"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    lora_rank: int = Field(default=8, ge=1)
+    classifier_training: TrainConfig = TrainConfig(lr=5e-4, epochs=2, batch_size=8)
+    classifier_loss: Literal["label", "distill"] = "distill"
+
+
+class GenerationConfig(_Section):
+    samples_per_label: int = Field(default=48, ge=1)
+    num_demonstrations: int = Field(default=4, ge=0)
+    max_new_tokens: int = Field(default=40, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_k: int = Field(default=50, ge=1)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1)
+    min_words: int = Field(default=3, ge=1)
+
+
+class FeedbackConfig(_Section):
+    strategy: Literal["filtered-sft", "reward-weighted", "dpo"] = "filtered-sft"
+    threshold: float = Field(default=0.7, ge=0, le=1, description="filtered-sft: minimum q_j")
+    dpo_beta: float = Field(default=0.1, gt=0)
+    training: TrainConfig = TrainConfig(lr=2e-4, epochs=1, batch_size=8)
+    demonstrations_from_feedback: int = Field(
+        default=2, ge=0, description="best accepted samples per label used as next round's demos",
+    )
+
+
+class SelectionConfig(_Section):
+    threshold: float = Field(default=0.6, ge=0, le=1)
+    top_fraction: float = Field(default=0.5, gt=0, le=1)
+    balance: bool = True
+
+
+class AggregationConfig(_Section):
+    weights: Literal["uniform", "data_size", "val_accuracy"] = "uniform"
+
+
+class EvaluationConfig(_Section):
+    slm_test_size: int | None = Field(default=None, ge=1, description="None: the whole test split")
+    llm_test_size: int | None = Field(default=None, ge=1)
+    calibrate: bool = True
+    wikitext_tokens: int = Field(default=8192, ge=64)
+    arc_easy_questions: int = Field(default=200, ge=1)
+    general_ability: bool = True
+
+
+class ExperimentConfig(_Section):
+    task: str = "sst2"
+    data_dir: str | None = Field(default=None, description="local data; default $CROSSLM_DATA_DIR")
+    seed: int = 0
+    rounds: int = Field(default=3, ge=0)
+    engine: Literal["in-process"] = "in-process"
+    output_dir: str = "runs/sst2-default"
+    clients: ClientsConfig = ClientsConfig()
+    server: ServerConfig = ServerConfig()
+    generation: GenerationConfig = GenerationConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    selection: SelectionConfig = SelectionConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise CrossLMError(f"--set {assignment!r}: expected key=value, e.g. rounds=2")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CrossLMError(f"--set {assignment!r}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` over ``base``, section by section, so a partly given section keeps its defaults."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise CrossLMError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise CrossLMError(f"{path}: not valid YAML: {err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise CrossLMError(f"cannot read config file {path}: {err}") from None
+        if not isinstance(raw, dict):
+            raise CrossLMError(f"{path}: the top level must be a mapping of settings")
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    try:
+        return ExperimentConfig.model_validate(_merge(ExperimentConfig().model_dump(), raw))
+    except ValidationError as err:
+        raise CrossLMError(_format_errors(err, source)) from None

@@ -1,0 +1,224 @@
+"""General-ability checks for the large model: WikiText-2 perplexity and ARC-Easy accuracy.
+
+Run before and after federated training on fixed subsets, so the two results are comparable and
+show whether the LLM lost general ability while it learned from the clients.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from crosslm.errors import CrossLMError
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """One multiple-choice question; ``label`` is the index of the gold answer in ``choices``."""
+
+    question: str
+    choices: list[str]
+    label: int
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", row) for each non-blank line, so every error can name where it is."""
+    if not path.is_file():
+        raise CrossLMError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CrossLMError(f"{where}: not valid JSON: {err.msg}") from None
+            if not isinstance(row, dict):
+                raise CrossLMError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def load_wikitext(data_dir: Path) -> str:
+    """The WikiText-2 test split as one string, joined as in the Hugging Face perplexity recipe."""
+    texts = []
+    for where, row in _read_jsonl(Path(data_dir) / "wikitext2_raw" / "test.jsonl"):
+        if not isinstance(row.get("text"), str):
+            raise CrossLMError(f"{where}: field 'text' must be a string")
+        texts.append(row["text"])
+    return "\n\n".join(texts)
+
+
+def _choice_item(row: dict, where: str) -> ChoiceItem:
+    """A checked item, so a bad row fails here rather than as a wrong score later."""
+    question, choices, label = row.get("question"), row.get("choices"), row.get("label")
+    if not isinstance(question, str) or not question.strip():
+        raise CrossLMError(f"{where}: field 'question' must be a non-empty string")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(
+            isinstance(c, str) and c.strip() for c in choices):
+        raise CrossLMError(
+            f"{where}: field 'choices' must be a list of at least 2 non-empty strings")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+        raise CrossLMError(f"{where}: field 'label' must be an integer in 0..{len(choices) - 1}, "
+                           f"got {label!r}")
+    return ChoiceItem(question=question, choices=list(choices), label=label)
+
+
+def load_arc_easy(data_dir: Path, split: str = "test") -> list[ChoiceItem]:
+    """ARC-Easy questions in file order, so the first n are the same subset on every run."""
+    path = Path(data_dir) / "arc_easy" / f"{split}.jsonl"
+    return [_choice_item(row, where) for where, row in _read_jsonl(path)]
+
+
+def _device(model) -> torch.device:
+    """Where the model's weights are; inputs go there and the model is never moved."""
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Switch off dropout while scoring and restore the caller's mode (it may be mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _prefix(tokenizer) -> list[int]:
+    """The BOS token if the tokenizer has one: models such as Gemma degrade badly without it."""
+    return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+
+
+def perplexity(model, tokenizer, text: str, max_tokens: int, window: int = 512) -> float:
+    """Token-level perplexity of the first ``max_tokens`` tokens of ``text``.
+
+    The text is tokenised once; its tokens are cut into consecutive non-overlapping chunks and
+    each window is BOS (if the tokenizer has one) + chunk, ``window`` tokens in all, so every
+    window starts as the model was trained to and each text token is predicted exactly once
+    (without a BOS the first token of each window is context only).
+    """
+    prefix = _prefix(tokenizer)
+    if max_tokens < 1 or window - len(prefix) < 2:
+        raise CrossLMError(f"perplexity needs max_tokens >= 1 and window >= {len(prefix) + 2}, "
+                           f"got max_tokens={max_tokens}, window={window}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    step = window - len(prefix)
+    windows = [prefix + ids[i:i + step] for i in range(0, len(ids), step)]
+    windows = [w for w in windows if len(w) >= 2]
+    if not windows:
+        raise CrossLMError(f"perplexity needs at least 2 tokens of text, got {len(ids)}")
+    nll, count = 0.0, 0
+    with _eval_mode(model), torch.inference_mode():
+        for tokens in windows:
+            x = torch.tensor([tokens], device=_device(model))
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, :-1]
+            nll += F.cross_entropy(logits.float(), x[0, 1:], reduction="sum").item()
+            count += len(tokens) - 1
+    return math.exp(nll / count)
+
+
+def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) padded on the tokenizer's side."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def _keeps_logits_subset(model) -> bool:
+    """Whether the model (or the model a PEFT wrapper holds) accepts ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _continuation_scores(model, rows: list[list[int]], lengths: list[int], pad_id: int,
+                         side: str) -> list[float]:
+    """Mean log-likelihood of the last ``lengths[i]`` tokens of each row, in one forward pass."""
+    ids, mask = _pad(rows, pad_id, side)
+    real = [row.nonzero().squeeze(1) for row in mask]  # positions of real tokens, from the mask
+    targets = [positions[-n:] for positions, n in zip(real, lengths, strict=True)]
+    keep = torch.unique(torch.cat(targets) - 1)  # logits at p - 1 predict the token at p
+    device = _device(model)
+    subset = _keeps_logits_subset(model)
+    if not subset:
+        keep = torch.arange(ids.shape[1])
+    column = torch.full((ids.shape[1],), -1, dtype=torch.long)
+    column[keep] = torch.arange(len(keep))
+    kwargs = {"logits_to_keep": keep.to(device)} if subset else {}
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), **kwargs).logits
+    scores = []
+    for i, positions in enumerate(targets):
+        log_probs = logits[i, column[positions - 1].to(device)].float().log_softmax(-1)
+        picked = log_probs.gather(1, ids[i, positions].to(device).unsqueeze(1))
+        scores.append(picked.mean().item())
+    return scores
+
+
+def choice_scores(model, tokenizer, items: list[ChoiceItem], batch_size: int = 16
+                  ) -> list[list[float]]:
+    """Per item, the mean log-likelihood of " " + choice after "Question: {q}\\nAnswer:"."""
+    if batch_size < 1:
+        raise CrossLMError(f"batch_size must be at least 1, got {batch_size}")
+    rows, lengths, owners = [], [], []
+    for index, item in enumerate(items):
+        prompt = _prefix(tokenizer) + tokenizer(
+            f"Question: {item.question}\nAnswer:", add_special_tokens=False)["input_ids"]
+        for choice in item.choices:
+            continuation = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            rows.append(prompt + continuation)
+            lengths.append(len(continuation))
+            owners.append(index)
+    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k]))  # similar lengths pad less
+    flat = [0.0] * len(rows)
+    with _eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            scores = _continuation_scores(model, [rows[k] for k in batch],
+                                          [lengths[k] for k in batch], pad_id,
+                                          tokenizer.padding_side)
+            for k, score in zip(batch, scores, strict=True):
+                flat[k] = score
+    result: list[list[float]] = [[] for _ in items]
+    for owner, score in zip(owners, flat, strict=True):
+        result[owner].append(score)
+    return result
+
+
+def multiple_choice_accuracy(model, tokenizer, items: list[ChoiceItem],
+                             batch_size: int = 16) -> float:
+    """Share of items whose highest-scoring choice is the gold one (zero-shot, no training)."""
+    if not items:
+        raise CrossLMError("multiple_choice_accuracy needs at least one item")
+    scores = choice_scores(model, tokenizer, items, batch_size)
+    correct = sum(max(range(len(s)), key=s.__getitem__) == item.label
+                  for s, item in zip(scores, items, strict=True))
+    return correct / len(items)
+
+
+def general_ability(model, tokenizer, data_dir: Path, wikitext_tokens: int,
+                    arc_easy_questions: int) -> dict[str, float]:
+    """Perplexity and ARC-Easy accuracy on fixed leading subsets, comparable before and after."""
+    if arc_easy_questions < 1:
+        raise CrossLMError(f"arc_easy_questions must be at least 1, got {arc_easy_questions}")
+    text = load_wikitext(data_dir)
+    items = load_arc_easy(data_dir, "test")[:arc_easy_questions]
+    return {
+        "wikitext2_ppl": perplexity(model, tokenizer, text, wikitext_tokens),
+        "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, items),
+    }

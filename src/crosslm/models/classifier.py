@@ -1,0 +1,171 @@
+"""Text classifiers behind one interface: label logits for a batch of texts.
+
+Two kinds serve as client SLMs, and the second also serves as the server LLM's
+task head:
+
+- ``EncoderClassifier``: an encoder, mean pooling, a linear head (all trained).
+- ``VerbalizerClassifier``: a causal LM (with LoRA) reading the task's
+  classification prompt; the logits of each label's verbalizer token at the
+  next position are the label logits.
+
+Only label distributions leave a classifier, so clients of different families
+and tokenizers cooperate without any token alignment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from crosslm.errors import CrossLMError
+from crosslm.tasks.spec import TaskSpec
+
+
+class TextClassifier(nn.Module):
+    """Maps texts to label logits; subclasses define the model and what is trained and saved."""
+
+    num_labels: int
+
+    def label_logits(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The tensors training changes: what is saved, restored and reloaded."""
+        raise NotImplementedError
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save(self, path: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in self.trainable_state().items()}
+        save_file(state, str(path))
+
+    def load(self, path: Path) -> None:
+        self.load_trainable_state(load_file(str(path)))
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        self.eval()
+        chunks = [torch.softmax(self.label_logits(texts[i:i + batch_size]).float(), dim=-1)
+                  for i in range(0, len(texts), batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.num_labels)
+
+
+class EncoderClassifier(TextClassifier):
+    """Sentence encoder + mean pooling + linear head, fine-tuned end to end."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, num_labels: int, max_length: int = 128):
+        super().__init__()
+        self.encoder, self.tokenizer, self.num_labels = encoder, tokenizer, num_labels
+        self.max_length = max_length
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def label_logits(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_length)
+        hidden = self.encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+        mask = enc.attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
+        pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+
+def verbalizer_token_ids(tokenizer, task: TaskSpec) -> list[int]:
+    """The first token of each verbalizer; they must differ or the labels cannot be told apart."""
+    ids = [tokenizer(v, add_special_tokens=False).input_ids[0] for v in task.verbalizers]
+    if len(set(ids)) != len(ids):
+        raise CrossLMError(
+            f"task '{task.name}': verbalizers {task.verbalizers} share a first token with this "
+            "tokenizer; choose verbalizer words that start differently"
+        )
+    return ids
+
+
+def lora_config(rank: int) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+class LoraAdapter:
+    """One named LoRA adapter of a PEFT model: the weights to train, save and restore."""
+
+    def __init__(self, model: nn.Module, name: str):
+        self.model, self.name = model, name
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if f".{self.name}." in n]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return get_peft_model_state_dict(self.model, adapter_name=self.name)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        set_peft_model_state_dict(self.model, state, adapter_name=self.name)
+
+    def save(self, path: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in self.state().items()}, str(path))
+
+    def load(self, path: Path) -> None:
+        self.load_state(load_file(str(path)))
+
+
+class VerbalizerClassifier(TextClassifier):
+    """A causal LM with a LoRA adapter, scored by verbalizer tokens after the task prompt.
+
+    ``model`` is a PEFT model; ``adapter`` names the adapter this classifier trains
+    (the server's LLM carries a second one for generation).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, task: TaskSpec, adapter: str = "default",
+                 max_length: int = 256):
+        super().__init__()
+        self.model, self.tokenizer, self.task, self.adapter = model, tokenizer, task, adapter
+        self.lora = LoraAdapter(model, adapter)
+        self.num_labels = task.num_labels
+        self.max_length = max_length
+        self.label_token_ids = verbalizer_token_ids(tokenizer, task)
+
+    def label_logits(self, texts: list[str]) -> torch.Tensor:
+        self.model.set_adapter(self.adapter)
+        prompts = [self.task.classify_prompt(t) for t in texts]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_length)
+        out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                         logits_to_keep=1)
+        return out.logits[:, -1, self.label_token_ids]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.lora.state()
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.lora.load_state(state)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Only this adapter's weights: training must not touch another adapter."""
+        return self.lora.parameters()
+
+
+def build_classifier(model_name: str, task: TaskSpec, lora_rank: int, seed: int,
+                     dtype: str = "auto") -> TextClassifier:
+    """A fresh client SLM: encoder + head, or causal LM + LoRA scored by verbalizers."""
+    from peft import get_peft_model
+
+    from crosslm.models.loading import load_causal_lm, load_encoder, model_kind
+
+    torch.manual_seed(seed)  # the new head / LoRA weights
+    if model_kind(model_name) == "encoder":
+        encoder, tokenizer = load_encoder(model_name)
+        return EncoderClassifier(encoder, tokenizer, task.num_labels)
+    model, tokenizer = load_causal_lm(model_name, dtype)
+    return VerbalizerClassifier(get_peft_model(model, lora_config(lora_rank)), tokenizer, task)

@@ -1,0 +1,75 @@
+"""The server's LLM: one base model, two LoRA adapters.
+
+- ``generator``: what S1 samples with and S3 trains from the clients' feedback.
+- ``classifier``: the task-enhanced LLM of S5, read through verbalizer tokens.
+
+Keeping them apart lets feedback reshape what the LLM writes without touching
+how it classifies, and the base weights never change (general ability is
+measured on the classifier adapter, the model a user would deploy for the task).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+
+from crosslm.models.classifier import LoraAdapter, VerbalizerClassifier, lora_config
+from crosslm.models.loading import load_causal_lm
+from crosslm.models.sampling import SamplingParams, sample_completions
+from crosslm.tasks.spec import TaskSpec
+
+GENERATOR, CLASSIFIER = "generator", "classifier"
+
+
+class ServerLLM:
+    def __init__(self, model_name: str, task: TaskSpec, lora_rank: int, dtype: str = "auto"):
+        base, self.tokenizer = load_causal_lm(model_name, dtype)
+        self.model = get_peft_model(base, lora_config(lora_rank), adapter_name=CLASSIFIER)
+        self.model.add_adapter(GENERATOR, lora_config(lora_rank))
+        self.classifier = VerbalizerClassifier(self.model, self.tokenizer, task, adapter=CLASSIFIER)
+        self.generator = LoraAdapter(self.model, GENERATOR)
+
+    def generate(self, prompts: list[str], params: SamplingParams, generator: torch.Generator,
+                 batch_size: int) -> list[str]:
+        self.model.set_adapter(GENERATOR)
+        self.model.eval()
+        return [text for start in range(0, len(prompts), batch_size)
+                for text in sample_completions(self.model, self.tokenizer,
+                                               prompts[start:start + batch_size], params, generator)]
+
+    def completion_logprobs(self, prompt: str, completions: list[str], stop: str) -> torch.Tensor:
+        """Sum of log p(completion + stop | prompt) per completion, under the active adapter.
+
+        All rows share the prompt, so with right padding the LM head only has to
+        run on the completion positions, not the whole 262k-wide vocabulary at every token.
+        """
+        prompt_ids = self.tokenizer(prompt).input_ids
+        rows = [self.tokenizer(" " + c + stop, add_special_tokens=False).input_ids
+                for c in completions]
+        width = len(prompt_ids) + max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([prompt_ids + r + [pad] * (width - len(prompt_ids) - len(r)) for r in rows])
+        mask = torch.tensor([[1] * (len(prompt_ids) + len(r)) + [0] * (width - len(prompt_ids) - len(r))
+                             for r in rows])
+        keep = width - len(prompt_ids) + 1
+        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
+        targets = ids[:, len(prompt_ids):]
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        return (logp * mask[:, len(prompt_ids):]).sum(-1)
+
+    def language_model(self):
+        """The task-enhanced LLM as a plain causal LM, for general-ability evaluation."""
+        self.model.set_adapter(CLASSIFIER)
+        self.model.eval()
+        return self.model
+
+    def save_adapters(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.classifier.save(directory / f"{CLASSIFIER}.safetensors")
+        self.generator.save(directory / f"{GENERATOR}.safetensors")
+
+    def load_adapters(self, directory: Path) -> None:
+        self.classifier.load(directory / f"{CLASSIFIER}.safetensors")
+        self.generator.load(directory / f"{GENERATOR}.safetensors")

