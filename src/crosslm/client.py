@@ -46,6 +46,13 @@ class Client:
     def _snapshot(self, round_: int) -> Path:
         return self.state_dir / f"model-r{round_}.safetensors"
 
+    def _latest_snapshot(self, round_: int) -> Path:
+        """The snapshot of ``round_``, or of the last round before it this client completed."""
+        done = [r for r in range(round_, -1, -1) if self._snapshot(r).is_file()]
+        if not done:
+            raise FileNotFoundError(f"client {self.name} has no model from round {round_} or before")
+        return self._snapshot(done[0])
+
     def _model_after(self, round_: int | None) -> TextClassifier:
         """The SLM as it was after ``round_`` (None: freshly initialised)."""
         if self._classifier is None:
@@ -58,7 +65,7 @@ class Client:
             if round_ is None:
                 self._classifier.load_trainable_state(self._initial_state)
             else:
-                self._classifier.load(self._snapshot(round_))
+                self._classifier.load(self._latest_snapshot(round_))
             self._classifier_round = round_
         return self._classifier
 
@@ -103,6 +110,7 @@ class Client:
             classifier = self._model_after(ins.round - 1)
             budget, patience = self.config.round_training, None
             accepted = self._accepted_items(ins.round)
+        self._classifier_round = -1  # mid-training weights match no saved round
         metrics = train_classifier(
             classifier, private + accepted, lr=budget.lr, epochs=budget.epochs,
             batch_size=budget.batch_size, seed=self.seed + ins.round,

@@ -222,3 +222,23 @@ def general_ability(model, tokenizer, data_dir: Path, wikitext_tokens: int,
         "wikitext2_ppl": perplexity(model, tokenizer, text, wikitext_tokens),
         "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, items),
     }
+
+
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+def task_accuracy(classifier, examples: list, calibrate: bool) -> dict[str, float]:
+    """Accuracy of a classifier on labelled examples, raw and (optionally) content-free calibrated.
+
+    Calibration (Zhao et al., 2021) divides each prediction by the model's label
+    distribution on content-free inputs, removing a zero-shot LLM's label bias.
+    """
+    probs = classifier.predict_proba([ex.text for ex in examples])
+    labels = torch.tensor([ex.label for ex in examples])
+    result = {"accuracy": float((probs.argmax(-1) == labels).float().mean()),
+              "num_examples": len(examples)}
+    if calibrate:
+        bias = classifier.predict_proba(list(CONTENT_FREE_INPUTS)).mean(0)
+        calibrated = probs / bias
+        result["accuracy_calibrated"] = float((calibrated.argmax(-1) == labels).float().mean())
+    return result

@@ -125,6 +125,7 @@ def load_tokenizer(source: str, causal: bool) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(source)
     if causal:
         tokenizer.padding_side = "left"  # the last position is then the next-token position
+        tokenizer.truncation_side = "left"  # a long text must not cut off the prompt's end
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

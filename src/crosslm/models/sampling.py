@@ -47,15 +47,15 @@ def sample_completions(model, tokenizer, prompts: list[str], params: SamplingPar
     cache, logits = out.past_key_values, out.logits[:, -1]
     positions = positions[:, -1:]
     active = torch.arange(len(prompts))  # which prompt each batch row belongs to
-    pieces: list[list[str]] = [[] for _ in prompts]
-    for _ in range(params.max_new_tokens):
+    generated: list[list[int]] = [[] for _ in prompts]
+    for step in range(params.max_new_tokens):
         token = _pick(logits, params, generator)
-        decoded = tokenizer.batch_decode(token[:, None])
-        done = torch.tensor([params.stop in piece or t == tokenizer.eos_token_id
-                             for piece, t in zip(decoded, token.tolist(), strict=True)])
-        for row, piece in zip(active.tolist(), decoded, strict=True):
-            pieces[row].append(piece)
-        if done.all():
+        for row, t in zip(active.tolist(), token.tolist(), strict=True):
+            generated[row].append(t)
+        # decode whole rows: a character may span several tokens
+        done = torch.tensor([t == tokenizer.eos_token_id or params.stop in tokenizer.decode(generated[row])
+                             for row, t in zip(active.tolist(), token.tolist(), strict=True)])
+        if done.all() or step == params.max_new_tokens - 1:
             break
         if done.any():
             keep = (~done).nonzero().squeeze(-1)
@@ -67,5 +67,5 @@ def sample_completions(model, tokenizer, prompts: list[str], params: SamplingPar
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache, logits = out.past_key_values, out.logits[:, -1]
-    return ["".join(p).split(params.stop)[0].replace(tokenizer.eos_token, "").strip()
-            for p in pieces]
+    return [tokenizer.decode(ids, skip_special_tokens=True).split(params.stop)[0].strip()
+            for ids in generated]

@@ -1,0 +1,472 @@
+"""Sampling, classifiers, their training loop, the server LLM and the S3 feedback strategies.
+
+Everything runs on the tiny random models of ``tiny_models.py``, loaded by directory
+through the project's own loaders.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from crosslm.config import FeedbackConfig, TrainConfig
+from crosslm.models.classifier import EncoderClassifier, VerbalizerClassifier, build_classifier
+from crosslm.models.llm import CLASSIFIER, GENERATOR, ServerLLM
+from crosslm.models.loading import load_causal_lm
+from crosslm.models.sampling import SamplingParams, _pick, sample_completions
+from crosslm.models.training import TrainItem, accuracy, train_classifier
+from crosslm.strategies.feedback import improve_generator
+from crosslm.synthetic import ScoredSample
+from crosslm.tasks.spec import Example, TaskSpec, load_task
+
+NEVER = "§"  # a stop string the tiny model does not produce: generation runs to max_new_tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def task() -> TaskSpec:
+    return load_task("sst2")
+
+
+@pytest.fixture(scope="module")
+def causal(tiny_causal_dir: Path):
+    """(model, left-padding tokenizer), read-only."""
+    return load_causal_lm(str(tiny_causal_dir))
+
+
+@pytest.fixture(scope="module")
+def contextual(tiny_causal_dir: Path):
+    """The tiny LM with its (tied) embeddings scaled down, so that what it writes depends on the
+    whole context rather than mostly on the last token: padding or cache mistakes then show."""
+    model, tokenizer = load_causal_lm(str(tiny_causal_dir))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(0.1)
+    return model, tokenizer
+
+
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Recorder(nn.Module):
+    """The real model, with the batch size of every forward call recorded."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.batch_sizes = model, []
+
+    def forward(self, **kwargs):
+        self.batch_sizes.append(kwargs["input_ids"].shape[0])
+        return self.model(**kwargs)
+
+
+class Forced(nn.Module):
+    """The real model, with the greedy choice of step i forced to ``tokens[i]`` (a logit bias)."""
+
+    def __init__(self, model: nn.Module, tokens: list[int]) -> None:
+        super().__init__()
+        self.model, self.tokens, self.step = model, tokens, 0
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits[:, -1, self.tokens[self.step]] += 1e4
+        self.step += 1
+        return out
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+def prompts_of_different_lengths(task: TaskSpec) -> list[str]:
+    return [task.generation_prompt(0, task.seeds["negative"][:3]), task.generation_prompt(1, []),
+            "Review:", task.generation_prompt(1, task.seeds["positive"][:1])]
+
+
+def test_one_completion_per_prompt_without_the_stop(causal, task):
+    model, tokenizer = causal
+    prompts = prompts_of_different_lengths(task)
+    for seed in range(3):
+        long = sample_completions(model, tokenizer, prompts, SamplingParams(20, stop=NEVER), seeded(seed))
+        cut = sample_completions(model, tokenizer, prompts, SamplingParams(20, stop="e"), seeded(seed))
+        assert len(cut) == len(long) == len(prompts)
+        assert all(isinstance(text, str) and "e" not in text for text in cut)
+        assert any("e" in text for text in long)  # so the stop did cut something
+
+
+def test_the_stop_cuts_the_same_sample(causal, task):
+    model, tokenizer = causal
+    prompt = [task.generation_prompt(1, [])]
+    for seed in range(4):
+        long = sample_completions(model, tokenizer, prompt, SamplingParams(20, stop=NEVER), seeded(seed))[0]
+        cut = sample_completions(model, tokenizer, prompt, SamplingParams(20, stop="e"), seeded(seed))[0]
+        assert cut == long.split("e")[0].strip()
+
+
+def test_sampling_is_deterministic_per_seed_and_differs_across_seeds(causal, task):
+    model, tokenizer = causal
+    prompts = prompts_of_different_lengths(task)
+    params = SamplingParams(max_new_tokens=10, stop=NEVER)
+    runs = [sample_completions(model, tokenizer, prompts, params, seeded(s)) for s in (0, 0, 1, 2)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2] and runs[2] != runs[3] and runs[0] != runs[3]
+
+
+def test_max_new_tokens_is_respected(causal, task):
+    model, tokenizer = causal
+    prompts = prompts_of_different_lengths(task)
+    by_budget = {}
+    for budget in (1, 3, 6):
+        recorder = Recorder(model)
+        by_budget[budget] = sample_completions(recorder, tokenizer, prompts,
+                                               SamplingParams(budget, stop=NEVER), seeded(7))
+        assert len(recorder.batch_sizes) <= budget + 1  # the prompt pass, then one per new token
+    one_token = {tokenizer.decode([i]).strip() for i in range(len(tokenizer))}
+    assert all(text in one_token for text in by_budget[1])
+    for shorter, longer in ((1, 3), (3, 6)):
+        assert all(b.startswith(a) for a, b in zip(by_budget[shorter], by_budget[longer], strict=True))
+    assert by_budget[3] != by_budget[6]
+
+
+def test_max_new_tokens_counts_tokens(causal):
+    model, tokenizer = causal
+    ids = tokenizer(" the film was long and the plot was thin", add_special_tokens=False).input_ids
+    for budget in (1, 4, 7):
+        forced = Forced(model, ids)
+        text = sample_completions(forced, tokenizer, ["Review:"], SamplingParams(budget, top_k=1),
+                                  seeded(0))
+        assert text == [tokenizer.decode(ids[:budget]).strip()]
+
+
+def test_greedy_batched_equals_alone_with_left_padding_and_pruning(contextual, task):
+    model, tokenizer = contextual
+    prompts = prompts_of_different_lengths(task)
+    greedy = dict(max_new_tokens=12, top_k=1)
+    runs = [sample_completions(model, tokenizer, [p], SamplingParams(**greedy, stop=NEVER), seeded(0))[0]
+            for p in prompts]
+    assert len(set(runs)) == len(runs)
+    # A stop letter some completions contain and others do not: those rows finish early.
+    stop = next(c for c in string.ascii_lowercase
+                if 0 < sum(c in text for text in runs) < len(runs))
+    params = SamplingParams(**greedy, stop=stop)
+    alone = [sample_completions(model, tokenizer, [p], params, seeded(0))[0] for p in prompts]
+    recorder = Recorder(model)
+    batched = sample_completions(recorder, tokenizer, prompts, params, seeded(1))
+    assert batched == alone
+    assert recorder.batch_sizes[0] == len(prompts)
+    assert min(recorder.batch_sizes) < len(prompts)  # finished rows left the batch (and the cache)
+    assert len(recorder.batch_sizes) >= greedy["max_new_tokens"]  # while others went on
+
+
+def test_a_character_split_over_tokens_is_decoded_whole(causal):
+    model, tokenizer = causal
+    ids = tokenizer("café", add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids[-2:]) == "é" and "\ufffd" in tokenizer.decode(ids[-1:])
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    forced = Forced(model, ids + newline)
+    texts = sample_completions(forced, tokenizer, ["Review:"], SamplingParams(10, top_k=1), seeded(0))
+    assert texts == ["café"]
+
+
+def test_pick_stays_inside_the_top_k():
+    logits = torch.randn(6, 50, generator=seeded(0))
+    allowed = torch.topk(logits, 5, dim=-1).indices
+    generator = seeded(1)
+    for _ in range(200):
+        token = _pick(logits, SamplingParams(top_k=5, top_p=1.0), generator)
+        assert (allowed == token[:, None]).any(-1).all()
+
+
+def test_pick_with_tiny_top_p_or_top_k_one_is_the_argmax():
+    logits = torch.randn(6, 50, generator=seeded(2))
+    generator = seeded(3)
+    for _ in range(50):
+        assert torch.equal(_pick(logits, SamplingParams(top_k=50, top_p=1e-6), generator),
+                           logits.argmax(-1))
+        assert torch.equal(_pick(logits, SamplingParams(top_k=1, top_p=0.95), generator),
+                           logits.argmax(-1))
+
+
+def test_pick_top_p_keeps_the_smallest_prefix_reaching_p():
+    logits = torch.tensor([[0.6, 0.3, 0.1]]).log()
+    generator = seeded(4)
+    draws = {int(_pick(logits, SamplingParams(top_k=3, top_p=0.7), generator)) for _ in range(300)}
+    assert draws == {0, 1}
+    draws = {int(_pick(logits, SamplingParams(top_k=3, top_p=0.5), generator)) for _ in range(100)}
+    assert draws == {0}
+
+
+# -- classifiers and training -----------------------------------------------------------------
+
+SUBJECTS = ["the film", "this movie", "the plot", "the acting", "the script", "the ending",
+            "the cast", "the music"]
+SENTIMENT = [TrainItem(f"{s} was {word}", label) for s in SUBJECTS
+             for word, label in (("bad", 0), ("good", 1))]
+SENTIMENT_EXAMPLES = [Example(i.text, i.label) for i in SENTIMENT]
+# Learning rate and epochs that fit SENTIMENT with each kind of tiny model.
+BUDGET = {"encoder": dict(lr=3e-3, epochs=8), "causal": dict(lr=1e-2, epochs=8)}
+
+
+@pytest.fixture(params=["encoder", "causal"])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model_dir(kind, tiny_encoder_dir, tiny_causal_dir) -> str:
+    return str(tiny_encoder_dir if kind == "encoder" else tiny_causal_dir)
+
+
+def test_build_classifier_on_an_encoder(tiny_encoder_dir, task):
+    classifier = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0)
+    assert isinstance(classifier, EncoderClassifier)
+    probs = classifier.predict_proba(["a fine film", "a dreadful , boring film"])
+    assert probs.shape == (2, 2)
+    assert torch.allclose(probs.sum(-1), torch.ones(2))
+    assert len(classifier.trainable_parameters()) == len(list(classifier.parameters()))
+
+
+def test_build_classifier_on_a_causal_lm_trains_only_lora(tiny_causal_dir, task):
+    classifier = build_classifier(str(tiny_causal_dir), task, lora_rank=4, seed=0)
+    assert isinstance(classifier, VerbalizerClassifier)
+    trainable = {id(p) for p in classifier.trainable_parameters()}
+    names = {n for n, p in classifier.named_parameters() if id(p) in trainable}
+    assert names and all("lora_" in n for n in names)
+    assert {n for n, p in classifier.named_parameters() if p.requires_grad} == names
+    assert all(p.shape[0] == 4 or p.shape[1] == 4 for p in classifier.trainable_parameters())
+
+    base = clone_state({n: p for n, p in classifier.named_parameters() if "lora_" not in n})
+    lora = clone_state(classifier.trainable_state())
+    train_classifier(classifier, SENTIMENT, batch_size=8, seed=0, **BUDGET["causal"])
+    after = {n: p for n, p in classifier.named_parameters() if "lora_" not in n}
+    assert same_state(base, clone_state(after))
+    assert not same_state(lora, classifier.trainable_state())
+
+
+def test_training_fits_a_separable_task(model_dir, kind, task):
+    classifier = build_classifier(model_dir, task, lora_rank=4, seed=0)
+    with torch.no_grad():
+        logits = classifier.label_logits([i.text for i in SENTIMENT])
+    labels = torch.tensor([i.label for i in SENTIMENT])
+    loss_before = float(torch.nn.functional.cross_entropy(logits, labels))
+    metrics = train_classifier(classifier, SENTIMENT, batch_size=8, seed=0, **BUDGET[kind])
+    assert metrics["epochs_run"] == BUDGET[kind]["epochs"]
+    assert metrics["train_loss"] < loss_before
+    assert accuracy(classifier, SENTIMENT_EXAMPLES) >= 0.9
+
+
+def test_training_never_ends_below_the_starting_validation_accuracy(tiny_encoder_dir, task):
+    classifier = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0)
+    # Validation labels contradict the training labels: every epoch can only hurt it.
+    inverted = [Example(ex.text, 1 - ex.label) for ex in SENTIMENT_EXAMPLES]
+    start_acc = accuracy(classifier, inverted)
+    start_state = clone_state(classifier.trainable_state())
+    metrics = train_classifier(classifier, SENTIMENT, lr=3e-3, epochs=6, batch_size=8, seed=0,
+                               validation=inverted)
+    final_acc = accuracy(classifier, inverted)
+    assert final_acc >= start_acc
+    assert metrics["val_accuracy"] == pytest.approx(final_acc)
+    if metrics["best_epoch"] == 0:
+        assert same_state(start_state, classifier.trainable_state())
+
+
+def test_training_with_patience_stops_early(tiny_encoder_dir, task):
+    classifier = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0)
+    inverted = [Example(ex.text, 1 - ex.label) for ex in SENTIMENT_EXAMPLES]
+    metrics = train_classifier(classifier, SENTIMENT, lr=3e-3, epochs=20, batch_size=8, seed=0,
+                               validation=inverted, patience=2)
+    assert metrics["epochs_run"] <= metrics["best_epoch"] + 2 < 20
+
+
+def test_save_load_round_trip(model_dir, kind, task, tmp_path):
+    trained = build_classifier(model_dir, task, lora_rank=4, seed=0)
+    train_classifier(trained, SENTIMENT, batch_size=8, seed=0, lr=BUDGET[kind]["lr"], epochs=2)
+    trained.save(tmp_path / "model.safetensors")
+    texts = [i.text for i in SENTIMENT] + ["an unseen text about a film"]
+    expected = trained.predict_proba(texts)
+
+    fresh = build_classifier(model_dir, task, lora_rank=4, seed=1)
+    assert not torch.allclose(fresh.predict_proba(texts), expected, atol=1e-4)
+    fresh.load(tmp_path / "model.safetensors")
+    assert torch.allclose(fresh.predict_proba(texts), expected, atol=1e-6)
+
+
+def test_full_distillation_pulls_predictions_towards_the_soft_labels(tiny_encoder_dir, task):
+    classifier = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0)
+    soft = (0.3, 0.7)
+    # The hard label says 0 everywhere; with distill_weight=1 only the soft label counts.
+    items = [TrainItem(i.text, 0, soft_label=soft) for i in SENTIMENT]
+    texts = [i.text for i in items]
+    target = torch.tensor(soft)
+    gap_before = (classifier.predict_proba(texts) - target).abs().max()
+    train_classifier(classifier, items, lr=3e-3, epochs=10, batch_size=8, seed=0, distill_weight=1.0)
+    probs = classifier.predict_proba(texts)
+    assert (probs - target).abs().max() < min(0.1, float(gap_before))
+
+
+def test_a_long_text_is_still_scored_after_the_end_of_the_prompt(tiny_causal_dir, task):
+    classifier = build_classifier(str(tiny_causal_dir), task, lora_rank=4, seed=0)
+    long_text = " ".join(["the film was long and the plot was thin"] * 60)
+    seen = []
+    classifier.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    classifier.label_logits([long_text])
+    prompt_ids = classifier.tokenizer(task.classify_prompt(long_text)).input_ids
+    assert len(prompt_ids) > classifier.max_length
+    assert seen[0].shape[1] <= classifier.max_length
+    assert seen[0][0, -1].item() == prompt_ids[-1]
+
+
+# -- the server LLM -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def llm(tiny_causal_dir, task) -> ServerLLM:
+    return ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+
+
+def randomise(llm: ServerLLM, adapter: str, seed: int) -> None:
+    """Give an adapter non-zero weights, so that it changes what the model computes."""
+    generator = seeded(seed)
+    with torch.no_grad():
+        for name, param in llm.model.named_parameters():
+            if f".{adapter}." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def brute_force_logprob(llm: ServerLLM, prompt: str, completion: str, stop: str) -> float:
+    prompt_ids = llm.tokenizer(prompt).input_ids
+    ids = prompt_ids + llm.tokenizer(" " + completion + stop, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logp = llm.model(input_ids=torch.tensor([ids])).logits.float().log_softmax(-1)[0]
+    return sum(float(logp[i - 1, ids[i]]) for i in range(len(prompt_ids), len(ids)))
+
+
+def test_completion_logprobs_equal_a_brute_force_computation(llm, task):
+    randomise(llm, GENERATOR, seed=0)
+    llm.model.set_adapter(GENERATOR)
+    llm.model.eval()
+    prompt = task.generation_prompt(0, task.seeds["negative"][:2])
+    completions = ["a dull film .", "the worst movie i have seen in years , truly a waste", "bad"]
+    with torch.no_grad():
+        got = llm.completion_logprobs(prompt, completions, "\n")
+    expected = [brute_force_logprob(llm, prompt, c, "\n") for c in completions]
+    assert got.tolist() == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    with torch.no_grad(), llm.model.disable_adapter():
+        base = llm.completion_logprobs(prompt, completions, "\n")
+    assert not torch.allclose(got, base)  # the active adapter is the one scored
+
+
+def test_adapters_are_independent(llm):
+    generator_state = clone_state(llm.generator.state())
+    classifier_state = clone_state(llm.classifier.trainable_state())
+    train_classifier(llm.classifier, SENTIMENT[:8], lr=1e-2, epochs=1, batch_size=4, seed=0)
+    assert not same_state(classifier_state, llm.classifier.trainable_state())
+    assert same_state(generator_state, llm.generator.state())
+
+
+def test_save_and_load_adapters(llm, task, tiny_causal_dir, tmp_path):
+    randomise(llm, GENERATOR, seed=1)
+    randomise(llm, CLASSIFIER, seed=2)
+    llm.save_adapters(tmp_path / "adapters")
+    texts = ["a fine film", "a dull film"]
+    prompt = task.generation_prompt(1, [])
+
+    other = ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+    other.load_adapters(tmp_path / "adapters")
+    assert same_state(llm.generator.state(), other.generator.state())
+    assert same_state(llm.classifier.trainable_state(), other.classifier.trainable_state())
+    assert torch.allclose(other.classifier.predict_proba(texts), llm.classifier.predict_proba(texts))
+    with torch.no_grad():
+        for model in (llm, other):
+            model.model.set_adapter(GENERATOR)
+        assert torch.allclose(other.completion_logprobs(prompt, texts, "\n"),
+                              llm.completion_logprobs(prompt, texts, "\n"))
+
+
+# -- S3: improve the generator --------------------------------------------------------------------
+
+GOOD = {0: ["a dull , lifeless film .", "the plot is a tedious mess ."],
+        1: ["a warm and funny film .", "the acting is superb ."]}
+BAD = {0: ["a warm and charming film .", "great music and a fine cast ."],
+       1: ["a boring and ugly film .", "nothing in it works ."]}
+
+
+def feedback_samples() -> list[ScoredSample]:
+    samples = []
+    for label in (0, 1):
+        for text, quality in zip(GOOD[label] + BAD[label], [0.9, 0.8, 0.2, 0.1], strict=True):
+            soft = [quality, 1 - quality] if label == 0 else [1 - quality, quality]
+            samples.append(ScoredSample(text, label, quality, soft, 0.1))
+    return samples
+
+
+def generator_logprobs(llm: ServerLLM, task: TaskSpec, label: int, texts: list[str]) -> torch.Tensor:
+    llm.model.set_adapter(GENERATOR)
+    with torch.no_grad():
+        return llm.completion_logprobs(task.generation_prompt(label, []), texts, "\n")
+
+
+@pytest.mark.parametrize("strategy", ["filtered-sft", "reward-weighted", "dpo"])
+def test_improve_generator_trains_only_the_generator(llm, task, strategy):
+    base = clone_state({n: p for n, p in llm.model.named_parameters() if "lora_" not in n})
+    generator_state = clone_state(llm.generator.state())
+    classifier_state = clone_state(llm.classifier.trainable_state())
+    config = FeedbackConfig(strategy=strategy, threshold=0.5,
+                            training=TrainConfig(lr=1e-3, epochs=1, batch_size=4))
+    metrics = improve_generator(llm, feedback_samples(), task, config, seed=0)
+    expected_samples = 4 if strategy == "filtered-sft" else 8
+    assert metrics["generator_samples"] == expected_samples
+    assert metrics["generator_steps"] >= 2
+    assert metrics["generator_loss"] == metrics["generator_loss"]  # not NaN
+    assert not same_state(generator_state, llm.generator.state())
+    assert same_state(classifier_state, llm.classifier.trainable_state())
+    after = {n: p for n, p in llm.model.named_parameters() if "lora_" not in n}
+    assert same_state(base, clone_state(after))
+
+
+def test_filtered_sft_raises_the_likelihood_of_the_good_samples(llm, task):
+    before = {y: generator_logprobs(llm, task, y, GOOD[y]) for y in (0, 1)}
+    config = FeedbackConfig(strategy="filtered-sft", threshold=0.5,
+                            training=TrainConfig(lr=1e-2, epochs=4, batch_size=4))
+    improve_generator(llm, feedback_samples(), task, config, seed=0)
+    for y in (0, 1):
+        after = generator_logprobs(llm, task, y, GOOD[y])
+        assert (after > before[y] + 1.0).all(), (y, before[y], after)
+
+
+def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task):
+    def margin() -> float:
+        total = 0.0
+        for y in (0, 1):
+            policy = generator_logprobs(llm, task, y, GOOD[y] + BAD[y])
+            with llm.model.disable_adapter():
+                reference = generator_logprobs(llm, task, y, GOOD[y] + BAD[y])
+            gain = policy - reference
+            total += float(gain[:2].sum() - gain[2:].sum())
+        return total
+
+    start = margin()
+    config = FeedbackConfig(strategy="dpo", dpo_beta=0.1,
+                            training=TrainConfig(lr=1e-2, epochs=3, batch_size=4))
+    improve_generator(llm, feedback_samples(), task, config, seed=0)
+    assert margin() > start + 1.0
