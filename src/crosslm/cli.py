@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crosslm.config import load_config
 from crosslm.errors import CrossLMError
@@ -17,10 +18,11 @@ from crosslm.rundir import RunDir, load_metrics
 app = typer.Typer(help="CrossLM: a server LLM and client SLMs improve each other without "
                        "moving private data.", no_args_is_help=True, add_completion=False)
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # unwrapped: a file path must stay copyable
 
 
 def _fail(err: CrossLMError) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise typer.Exit(2)
 
 

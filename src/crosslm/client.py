@@ -97,29 +97,36 @@ class Client:
     # -- phases -----------------------------------------------------------------------------
 
     def fit(self, ins: FitIns) -> FitRes:
-        """C1: round 0 trains on private data to convergence; later rounds add the accepted sets."""
+        """C1: round 0 trains on private data to convergence; later rounds add the accepted sets.
+
+        Only round 0 early-stops on the private validation split: a silo's split is
+        small and, under non-IID partitions, as skewed as its training data, so later
+        rounds take their fixed budget rather than let a skewed split veto the
+        label-balanced accepted data.
+        """
         private = [TrainItem(ex.text, ex.label) for ex in self.data.train]
         if ins.round == 0:
             classifier = self._model_after(None)
-            budget, patience, accepted = self.config.local_training, self.config.patience, []
+            budget, validation, accepted = self.config.local_training, self.data.validation, []
         else:
             rows = [{"text": t, "label": y, "soft_label": s}
                     for t, y, s in zip(ins.texts, ins.labels, ins.soft_labels, strict=True)]
             write_atomic(self.state_dir / f"accepted-r{ins.round}.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in rows))
+                         "".join(json.dumps(r) + "\n" for r in rows))
             classifier = self._model_after(ins.round - 1)
-            budget, patience = self.config.round_training, None
+            budget, validation = self.config.round_training, None
             accepted = self._accepted_items(ins.round)
         self._classifier_round = -1  # mid-training weights match no saved round
         metrics = train_classifier(
             classifier, private + accepted, lr=budget.lr, epochs=budget.epochs,
             batch_size=budget.batch_size, seed=self.seed + ins.round,
-            distill_weight=self.config.distill_weight, validation=self.data.validation,
-            patience=patience)
+            distill_weight=self.config.distill_weight, validation=validation,
+            patience=self.config.patience)
         self._classifier_round = ins.round
         start = time.perf_counter()
         test_acc = accuracy(classifier, self.test) if ins.evaluate else None
-        metrics |= {"num_accepted": len(accepted), "test_accuracy": test_acc,
+        val_acc = accuracy(classifier, self.data.validation)
+        metrics |= {"val_accuracy": val_acc, "num_accepted": len(accepted), "test_accuracy": test_acc,
                     "eval_seconds": time.perf_counter() - start}
         self._save(ins.round, classifier, metrics)
         return FitRes(ins.round, len(self.data.train), metrics["val_accuracy"], test_acc,

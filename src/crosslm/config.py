@@ -35,7 +35,7 @@ class ClientsConfig(_Section):
     )
     local_training: TrainConfig = TrainConfig(lr=5e-5, epochs=20, batch_size=16)
     patience: int = Field(default=3, ge=1, description="epochs without validation gain before stopping")
-    round_training: TrainConfig = TrainConfig(lr=2e-5, epochs=2, batch_size=16)
+    round_training: TrainConfig = TrainConfig(lr=5e-5, epochs=1, batch_size=16)
     synthetic_weight: float = Field(default=1.0, ge=0, description="loss weight of accepted samples")
     distill_weight: float = Field(
         default=0.5, ge=0, le=1,
@@ -48,8 +48,8 @@ class ServerConfig(_Section):
     llm: str = "gemma3-270m"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     lora_rank: int = Field(default=8, ge=1)
-    classifier_training: TrainConfig = TrainConfig(lr=5e-4, epochs=2, batch_size=8)
-    classifier_loss: Literal["label", "distill"] = "distill"
+    classifier_training: TrainConfig = TrainConfig(lr=5e-4, epochs=1, batch_size=8)
+    classifier_loss: Literal["label", "distill"] = "label"
 
 
 class GenerationConfig(_Section):
@@ -87,6 +87,8 @@ class EvaluationConfig(_Section):
     slm_test_size: int | None = Field(default=None, ge=1, description="None: the whole test split")
     llm_test_size: int | None = Field(default=None, ge=1)
     calibrate: bool = True
+    llm_task_every_round: bool = Field(
+        default=False, description="LLM task accuracy after every round, not only first and last")
     wikitext_tokens: int = Field(default=8192, ge=64)
     arc_easy_questions: int = Field(default=200, ge=1)
     general_ability: bool = True

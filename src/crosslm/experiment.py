@@ -109,11 +109,14 @@ class RoundLoop:
             record["clients"] = {cid: asdict(r) for cid, r in replies.items()}
             record["eval_seconds"] = sum(r.metrics.get("eval_seconds", 0) for r in replies.values())
 
-    def _evaluate_llm(self, general: bool) -> None:
+    def _evaluate_llm(self) -> None:
+        """Task accuracy before, after and (optionally) between; general ability before and after."""
         ev = self.config.evaluation
-        with self.phase("E-llm-task") as record:
-            record |= task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate)
-        if general and ev.general_ability and self.data_dir is not None:
+        first_or_last = self.round in (0, self.config.rounds)
+        if first_or_last or ev.llm_task_every_round:
+            with self.phase("E-llm-task") as record:
+                record |= task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate)
+        if first_or_last and ev.general_ability and self.data_dir is not None:
             with self.phase("E-llm-general") as record:
                 record |= general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
                                           self.data_dir, ev.wikitext_tokens, ev.arc_easy_questions)
@@ -129,7 +132,7 @@ class RoundLoop:
         """Local training only (the fair baseline), and the LLM before any enhancement."""
         self.round = 0
         self._fit_clients([])
-        self._evaluate_llm(general=True)
+        self._evaluate_llm()
         self._log_traffic()
         self.server.save(self.run.round_dir(0))
         self.run.mark_completed(0)
@@ -159,7 +162,7 @@ class RoundLoop:
         with self.phase("S5-enhance-llm") as record:
             record |= self.server.enhance(round_)
         self._fit_clients(accepted)
-        self._evaluate_llm(general=round_ == self.config.rounds)
+        self._evaluate_llm()
         self._log_traffic()
         self.server.save(self.run.round_dir(round_))
         self.run.mark_completed(round_)
