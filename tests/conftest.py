@@ -29,6 +29,25 @@ def crosslm_cache(tmp_path_factory: pytest.TempPathFactory):
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def task():
+    """The built-in SST-2 task spec."""
+    from crosslm.tasks.spec import load_task
+
+    return load_task("sst2")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real benchmark files (/work/shared/data); tests using them skip when absent."""

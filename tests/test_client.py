@@ -16,7 +16,7 @@ from crosslm.protocol import FitIns, FitRes, Message, ScoreIns, ScoreRes, encode
 from crosslm.runtime.in_process import InProcessFederation
 from crosslm.tasks.data import load_split
 from crosslm.tasks.partition import ClientData, partition
-from crosslm.tasks.spec import Example, TaskSpec, load_task
+from crosslm.tasks.spec import Example
 
 FALLBACK = [
     ("a gripping , beautifully shot drama with a terrific lead performance .", 1),
@@ -35,20 +35,6 @@ FALLBACK = [
 
 SYNTHETIC_R1 = ["a lovely , heartfelt film .", "a dreary and pointless movie .", "what a joy to watch ."]
 SYNTHETIC_R2 = ["the script is clumsy and dull .", "a bright , clever comedy ."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def task() -> TaskSpec:
-    return load_task("sst2")
 
 
 @pytest.fixture(scope="module")

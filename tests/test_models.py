@@ -21,23 +21,9 @@ from crosslm.models.sampling import SamplingParams, _pick, sample_completions
 from crosslm.models.training import TrainItem, accuracy, train_classifier
 from crosslm.strategies.feedback import improve_generator
 from crosslm.synthetic import ScoredSample
-from crosslm.tasks.spec import Example, TaskSpec, load_task
+from crosslm.tasks.spec import Example, TaskSpec
 
 NEVER = "§"  # a stop string the tiny model does not produce: generation runs to max_new_tokens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def task() -> TaskSpec:
-    return load_task("sst2")
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,11 @@ class ClientsConfig(_Section):
         description="share of the accepted samples' loss that matches the aggregated soft label",
     )
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank for causal-LM SLMs")
+    reply_timeout: float | None = Field(
+        default=None, gt=0,
+        description="Flower engines: seconds to wait for replies; a client that misses it sits the "
+                    "phase out (None: wait until every client replies or fails)")
+    min_replies: int = Field(default=1, ge=1, description="fewer client replies than this fail the round")
 
 
 class ServerConfig(_Section):
@@ -89,7 +94,7 @@ class EvaluationConfig(_Section):
     calibrate: bool = True
     llm_task_every_round: bool = Field(
         default=False, description="LLM task accuracy after every round, not only first and last")
-    wikitext_tokens: int = Field(default=8192, ge=64)
+    wikitext_tokens: int = Field(default=2048, ge=64)
     arc_easy_questions: int = Field(default=200, ge=1)
     general_ability: bool = True
 
@@ -99,7 +104,7 @@ class ExperimentConfig(_Section):
     data_dir: str | None = Field(default=None, description="local data; default $CROSSLM_DATA_DIR")
     seed: int = 0
     rounds: int = Field(default=3, ge=0)
-    engine: Literal["in-process"] = "in-process"
+    engine: Literal["in-process", "flower-sim", "flower"] = "in-process"
     output_dir: str = "runs/sst2-default"
     clients: ClientsConfig = ClientsConfig()
     server: ServerConfig = ServerConfig()

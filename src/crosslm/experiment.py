@@ -97,6 +97,9 @@ class RoundLoop:
             self.progress(f"round {self.round}: {cid} failed in {name}: {error.splitlines()[0]}")
         if not replies:
             raise CrossLMError(f"round {self.round}: no client replied to {name}")
+        if len(replies) < self.config.clients.min_replies:
+            raise CrossLMError(f"round {self.round}: only {len(replies)} of {len(messages)} clients "
+                               f"replied to {name}; clients.min_replies is {self.config.clients.min_replies}")
         return replies
 
     def _fit_clients(self, accepted: list) -> None:
