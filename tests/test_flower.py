@@ -209,8 +209,19 @@ class _FakeGrid:
         return list(self.nodes)
 
     def send_and_receive(self, messages, *, timeout=None):
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as a Grid's push does
         replies = [self.nodes[m.metadata.dst_node_id](m) for m in messages]
         return [r for r in replies if r is not None]
+
+
+def _unavailable(message):
+    """What the SuperLink (node 1) replies for a node that stopped sending heartbeats."""
+    from flwr.app import Error, Message
+
+    reply = Message(Error(5, "Node Unavailable"), reply_to=message)
+    reply.metadata.__dict__["_src_node_id"] = 1
+    return reply
 
 
 def test_flower_federation_follows_silos_not_node_ids(task_identity):
@@ -229,11 +240,15 @@ def test_flower_federation_follows_silos_not_node_ids(task_identity):
     replies, failures = federation.send({"a": FitIns(1), "b": FitIns(1)})
     assert set(replies) == {"a"} and failures == {"b": "no reply before the timeout"}
 
+    grid.nodes[12] = _unavailable  # ... and the SuperLink noticed
+    replies, failures = federation.send({"a": FitIns(2), "b": FitIns(2)})
+    assert set(replies) == {"a"} and "Node Unavailable" in failures["b"]
+
     grid.nodes[14] = _silo("b")  # b restarted: a new node id, the same silo
     assert federation.client_ids() == ["a", "b"]
-    replies, failures = federation.send({"a": FitIns(2), "b": FitIns(2)})
+    replies, failures = federation.send({"a": FitIns(3), "b": FitIns(3)})
     assert set(replies) == {"a", "b"} and not failures
-    assert [t.bytes > 0 for t in federation.transfers if t.round == 2].count(True) == 4
+    assert [t.bytes > 0 for t in federation.transfers if t.round == 3].count(True) == 4
 
 
 def test_client_app_names_what_a_node_config_lacks(task_identity, tmp_path):
@@ -334,7 +349,13 @@ def test_simulation_matches_in_process(engine_runs):
         assert accepted[0] and accepted[0] == accepted[1]
     traffic = [[m["bytes"] for m in _jsonl(run / "metrics.jsonl") if m["phase"] == "communication"]
                for run in (engine_runs.in_process, engine_runs.simulation)]
-    assert traffic[0] == traffic[1]  # the same encoding is counted, whichever runtime carries it
+    # The same encoding is counted whichever runtime carries it: what the server sends is identical,
+    # replies differ at most by the digits of floats that differ in the last place.
+    for local_round, sim_round in zip(*traffic, strict=True):
+        assert local_round.keys() == sim_round.keys()
+        for cid, sent in local_round.items():
+            assert sent["down"] == sim_round[cid]["down"]
+            assert sent["up"] == pytest.approx(sim_round[cid]["up"], abs=16)
     for k in (0, 1):
         state = engine_runs.simulation / f"clients/client-{k}"
         assert (state / f"model-r{engine_runs.rounds}.safetensors").is_file()
@@ -404,7 +425,7 @@ def deployment(tmp_path_factory, shared_data, tiny_causal_dir) -> Deployment:
     node_ports = {silo: _free_port() for silo in silos}
     run = root / "run"
     config = _config(root / "config.yaml", tiny_causal_dir, [tiny_causal_dir], run, 3,
-                     reply_timeout=30, min_replies=2)
+                     reply_timeout=60, min_replies=2)
     try:
         procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(port),
                                   "--disable-runtime-dependency-installation"], root)
@@ -449,8 +470,12 @@ def test_a_killed_supernode_sits_its_round_out_and_rejoins(deployment):
     fits = _fits(metrics)
     assert fits[2] == {"silo-0", "silo-1"}
     assert fits[3] == {"silo-0", "silo-1", "silo-2"}
-    failures = [m for m in metrics if m["phase"] == "failure"]
-    assert failures and {(m["round"], m["client"]) for m in failures} == {(2, "silo-2")}
+    failures = {(m["round"], m["client"], m["message"]) for m in metrics if m["phase"] == "failure"}
+    # Killed during round 2: its score times out (or the SuperLink reports it unavailable); by C1 the
+    # SuperLink may already have dropped it from the node list. Round 3 may start scoring before the
+    # restarted SuperNode has registered: then silo-2 sits that phase out and is back for C1.
+    assert (2, "silo-2", "score") in failures
+    assert failures <= {(2, "silo-2", "score"), (2, "silo-2", "fit"), (3, "silo-2", "score")}
     run_key = json.loads((deployment.run / "federation.json").read_text())["run_key"]
     rounds = [r["round"] for r in _jsonl(deployment.state["silo-2"] / run_key / "metrics.jsonl")]
     assert rounds == [0, 1, 3]

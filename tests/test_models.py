@@ -456,3 +456,29 @@ def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task):
                             training=TrainConfig(lr=1e-2, epochs=3, batch_size=4))
     improve_generator(llm, feedback_samples(), task, config, seed=0)
     assert margin() > start + 1.0
+
+
+def test_kl_to_base_is_zero_until_the_classifier_adapter_moves(llm):
+    texts = ["a fine film .", "a dull , long and pointless movie ."]
+    assert llm.kl_to_base(texts, positions=4).item() == pytest.approx(0.0, abs=1e-6)
+    randomise(llm, "generator", seed=1)  # the generator adapter is not what the KL watches
+    assert llm.kl_to_base(texts, positions=4).item() == pytest.approx(0.0, abs=1e-6)
+    randomise(llm, "classifier", seed=2)
+    kl = llm.kl_to_base(texts, positions=4)
+    assert kl.item() > 0
+    kl.backward()
+    grads = [p.grad for p in llm.classifier.trainable_parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_the_kl_regulariser_keeps_the_llm_closer_to_its_base(tiny_causal_dir, task):
+    items = [TrainItem(text, label) for text, label in
+             [("a fine film .", 1), ("a dull movie .", 0), ("great fun .", 1), ("so boring .", 0)]]
+    drift = {}
+    for weight in (0.0, 5.0):
+        llm = ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+        regulariser = (lambda texts, llm=llm, w=weight: w * llm.kl_to_base(texts, 4)) if weight else None
+        train_classifier(llm.classifier, items, lr=5e-2, epochs=5, batch_size=4, seed=0,
+                         regularizer=regulariser)
+        drift[weight] = llm.kl_to_base([i.text for i in items], 4).item()
+    assert drift[5.0] < drift[0.0]

@@ -55,6 +55,9 @@ class ServerConfig(_Section):
     lora_rank: int = Field(default=8, ge=1)
     classifier_training: TrainConfig = TrainConfig(lr=5e-4, epochs=1, batch_size=8)
     classifier_loss: Literal["label", "distill"] = "label"
+    kl_weight: float = Field(
+        default=1.0, ge=0, description="S5: weight of KL(base || adapted) that keeps general ability")
+    kl_positions: int = Field(default=8, ge=1, description="S5: prompt positions the KL covers")
 
 
 class GenerationConfig(_Section):
@@ -72,6 +75,8 @@ class FeedbackConfig(_Section):
     strategy: Literal["filtered-sft", "reward-weighted", "dpo"] = "filtered-sft"
     threshold: float = Field(default=0.7, ge=0, le=1, description="filtered-sft: minimum q_j")
     dpo_beta: float = Field(default=0.1, gt=0)
+    max_samples_per_label: int = Field(
+        default=24, ge=2, description="best samples per label the generator trains on per round")
     training: TrainConfig = TrainConfig(lr=2e-4, epochs=1, batch_size=8)
     demonstrations_from_feedback: int = Field(
         default=2, ge=0, description="best accepted samples per label used as next round's demos",

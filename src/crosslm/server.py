@@ -87,9 +87,11 @@ class Server:
         budget = self.config.server.classifier_training
         items = [TrainItem(s.text, s.label, tuple(s.soft_label)) for s in self.accepted_pool]
         distill = 1.0 if self.config.server.classifier_loss == "distill" else 0.0
+        weight, positions = self.config.server.kl_weight, self.config.server.kl_positions
+        regularizer = (lambda texts: weight * self.llm.kl_to_base(texts, positions)) if weight else None
         metrics = train_classifier(self.llm.classifier, items, lr=budget.lr, epochs=budget.epochs,
                                    batch_size=budget.batch_size, seed=self.config.seed + round_,
-                                   distill_weight=distill)
+                                   distill_weight=distill, regularizer=regularizer)
         return {"llm_train_samples": float(len(items)), "llm_train_loss": metrics["train_loss"]}
 
     # -- state between rounds, for resuming ---------------------------------------------------

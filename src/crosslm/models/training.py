@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,11 +53,13 @@ def train_classifier(
     distill_weight: float = 0.0,
     validation: list[Example] | None = None,
     patience: int | None = None,
+    regularizer: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train; with ``validation``, keep the best epoch (including none) and stop after ``patience``.
 
     Starting the "best" at the untrained state means a round can never leave a
-    client worse on its own validation data than it found it.
+    client worse on its own validation data than it found it. ``regularizer``
+    adds a loss on each batch's texts (the LLM's KL to its base model).
     """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(classifier.trainable_parameters(), lr=lr)
@@ -69,7 +72,10 @@ def train_classifier(
         order = rng.sample(items, len(items))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            loss = _batch_loss(classifier.label_logits([i.text for i in batch]), batch, distill_weight)
+            texts = [item.text for item in batch]
+            loss = _batch_loss(classifier.label_logits(texts), batch, distill_weight)
+            if regularizer is not None:
+                loss = loss + regularizer(texts)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

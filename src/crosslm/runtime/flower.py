@@ -95,7 +95,7 @@ class FlowerFederation(Federation):
 
     def _hello(self, nodes: list[int]) -> None:
         messages = [self._message(node, HELLO, {}) for node in nodes]
-        replies = {r.metadata.src_node_id: _content(r) for r in self._send_and_receive(messages)}
+        replies = {node: _content(reply) for node, reply in self._send_and_receive(messages)}
         for node in nodes:
             content = replies.get(node, "no reply before the timeout")
             silo = content.get("silo") if isinstance(content, dict) else None
@@ -117,14 +117,21 @@ class FlowerFederation(Federation):
         return Message(RecordDict({RECORD: ConfigRecord(values)}), dst_node_id=node,
                        message_type=kind, ttl=ttl)
 
-    def _send_and_receive(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
+    def _send_and_receive(self, messages: list[Message], timeout: float | None = None
+                          ) -> list[tuple[int, Message]]:
+        """(node asked, reply) pairs. Matched by message id: the SuperLink itself sends the error
+        reply for a node that stopped sending heartbeats."""
         timeout = self.reply_timeout if timeout is None else timeout
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set by push
+        pairs = []
         for reply in replies:
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             content = _content(reply)
-            wire_log("up", reply.metadata.src_node_id, reply.metadata.message_type,
+            wire_log("up", node, reply.metadata.message_type,
                      content if isinstance(content, dict) else {"error": content})
-        return replies
+            pairs.append((node, reply))
+        return pairs
 
     def _exchange(self, payloads: dict[str, bytes], timeout: float | None) -> dict[str, bytes | str]:
         by_silo = self._nodes_by_silo()
@@ -133,8 +140,8 @@ class FlowerFederation(Federation):
                                        if cid not in by_silo}
         messages = [self._message(node, message_type(payloads[cid]), {"payload": payloads[cid]})
                     for node, cid in silo_of.items()]
-        for reply in self._send_and_receive(messages, timeout):
-            cid = silo_of.get(reply.metadata.src_node_id)
+        for node, reply in self._send_and_receive(messages, timeout):
+            cid = silo_of.get(node)
             if cid is None:
                 continue
             content = _content(reply)
@@ -146,4 +153,4 @@ class FlowerFederation(Federation):
                 out[cid] = f"reply from silo {content.get('silo')!r}, expected {cid!r}"
             else:
                 out[cid] = bytes(content["payload"])
-        return out
+        return {cid: out[cid] for cid in payloads if cid in out}  # in the order asked, not of arrival

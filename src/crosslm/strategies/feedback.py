@@ -46,13 +46,13 @@ def _dpo_loss(llm: ServerLLM, prompt: str, batch: Batch, stop: str, beta: float)
     return -F.logsigmoid(beta * margin).mean()
 
 
-def _dpo_batches(by_label: dict[int, Batch], batch_size: int, rng: random.Random
+def _dpo_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random
                  ) -> list[tuple[int, Batch]]:
     batches = []
     for label, samples in by_label.items():
         ranked = sorted(samples, key=lambda s: -s.quality)
         pairs = [(c, r) for c, r in zip(ranked[:len(ranked) // 2], ranked[::-1], strict=False)
-                 if c.quality > r.quality]
+                 if c.quality > r.quality][:cap // 2]
         rng.shuffle(pairs)
         for start in range(0, len(pairs), max(1, batch_size // 2)):
             chunk = pairs[start:start + max(1, batch_size // 2)]
@@ -60,11 +60,12 @@ def _dpo_batches(by_label: dict[int, Batch], batch_size: int, rng: random.Random
     return batches
 
 
-def _plain_batches(by_label: dict[int, Batch], batch_size: int, rng: random.Random
+def _plain_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random
                    ) -> list[tuple[int, Batch]]:
     batches = []
     for label, samples in by_label.items():
-        order = rng.sample(samples, len(samples))
+        best = sorted(samples, key=lambda s: -s.quality)[:cap]
+        order = rng.sample(best, len(best))
         batches += [(label, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     return batches
 
@@ -89,7 +90,8 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     optimizer = torch.optim.AdamW(llm.generator.parameters(), lr=config.training.lr)
     losses, steps = [], 0
     for _ in range(config.training.epochs):
-        for label, batch in make_batches(by_label, config.training.batch_size, rng):
+        for label, batch in make_batches(by_label, config.training.batch_size,
+                                         config.max_samples_per_label, rng):
             loss = loss_fn(llm, task.generation_prompt(label, []), batch)
             loss.backward()
             optimizer.step()
@@ -97,6 +99,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
             losses.append(loss.item())
             steps += 1
     llm.model.eval()
-    return {"generator_samples": float(sum(len(g) for g in by_label.values())),
+    return {"generator_samples": float(sum(min(len(g), config.max_samples_per_label)
+                                           for g in by_label.values())),
             "generator_steps": float(steps),
             "generator_loss": sum(losses) / len(losses) if losses else float("nan")}
