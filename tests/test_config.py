@@ -132,7 +132,7 @@ def test_override_values_are_yaml_typed():
 def test_override_creates_a_missing_section():
     config = load_config(None, ["evaluation.slm_test_size=100"])
     assert config.evaluation.slm_test_size == 100
-    assert config.evaluation.wikitext_tokens == 8192
+    assert config.evaluation.wikitext_tokens == ExperimentConfig().evaluation.wikitext_tokens
 
 
 def test_override_one_field_of_a_training_budget():
