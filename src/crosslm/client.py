@@ -76,12 +76,15 @@ class Client:
         for old in self.state_dir.glob("model-r*.safetensors"):
             if int(old.stem.removeprefix("model-r")) < round_ - 1:
                 old.unlink()
-        write_atomic(self.state_dir / "state.json", json.dumps({"round": round_, **metrics}))
+        rounds = self._rounds() | {str(round_): metrics}
+        write_atomic(self.state_dir / "rounds.json", json.dumps(rounds))
         with (self.state_dir / "metrics.jsonl").open("a", encoding="utf-8") as log:
             log.write(json.dumps({"round": round_, **metrics}) + "\n")
 
-    def _state(self) -> dict:
-        return json.loads((self.state_dir / "state.json").read_text(encoding="utf-8"))
+    def _rounds(self) -> dict[str, dict]:
+        """Each completed round's fit metrics, by round."""
+        path = self.state_dir / "rounds.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def _accepted_items(self, up_to_round: int) -> list[TrainItem]:
         items = []
@@ -136,5 +139,6 @@ class Client:
         """C2: this SLM's label distribution for every synthetic text."""
         classifier = self._model_after(ins.round - 1)
         probs = classifier.predict_proba(ins.texts)
+        scorer_round = self._latest_snapshot(ins.round - 1).stem.removeprefix("model-r")
         return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
-                        len(self.data.train), self._state()["val_accuracy"])
+                        len(self.data.train), self._rounds()[scorer_round]["val_accuracy"])
