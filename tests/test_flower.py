@@ -271,6 +271,25 @@ def test_client_app_names_what_a_node_config_lacks(task_identity, tmp_path):
     assert "no 'silo-name'" in reply["error"]
 
 
+def test_export_silos_writes_the_in_process_partition(tmp_path, shared_data, monkeypatch):
+    from crosslm.experiment import load_experiment_data
+
+    monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+    sets = ["clients.num_clients=2", "clients.examples_per_client=12", "clients.validation_per_client=4",
+            "evaluation.slm_test_size=5", "seed=3"]
+    result = CliRunner().invoke(app, ["export-silos", "--out", str(tmp_path / "silos"),
+                                      *[a for o in sets for a in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    commands = result.output.strip().splitlines()
+    assert len(commands) == 2 and all(c.startswith("flower-supernode --insecure") for c in commands)
+    assert 'silo-name="client-1"' in commands[1] and "seed=4" in commands[1]
+    silo = load_experiment_data(load_config(None, sets)).silos[1]
+    written = _jsonl(tmp_path / "silos/client-1/data.jsonl")
+    assert [(r["text"], r["label"]) for r in written] == [(e.text, e.label) for e in silo.train]
+    assert len(_jsonl(tmp_path / "silos/client-1/validation.jsonl")) == 4
+    assert len(_jsonl(tmp_path / "silos/client-1/test.jsonl")) == 5
+
+
 # -- simulation -------------------------------------------------------------------------------
 
 @dataclass

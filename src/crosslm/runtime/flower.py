@@ -76,10 +76,12 @@ class FlowerFederation(Federation):
             time.sleep(1.0)
 
     def _identify(self) -> list[str]:
-        """Nodes not seen before are asked their silo name; nodes gone are forgotten."""
+        """Nodes not seen before are asked their silo name; nodes gone are forgotten (an
+        authenticated SuperNode keeps its id across restarts: it is asked again when back)."""
         nodes = set(self.grid.get_node_ids())
         for gone in set(self._silo_of) - nodes:
             del self._silo_of[gone]
+        self._silent &= nodes
         new = sorted(nodes - set(self._silo_of) - self._silent)
         if new:
             self._hello(new)

@@ -17,10 +17,12 @@ import json
 import os
 import random
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -32,8 +34,14 @@ from crosslm.errors import CrossLMError
 from crosslm.protocol import decode, encode
 from crosslm.rundir import RunDir, write_atomic
 from crosslm.runtime.flower import RECORD, FlowerFederation, wire_log
+from crosslm.runtime.flower_submit import QUIET_ENV
 from crosslm.tasks.spec import Example, TaskSpec
 
+if TYPE_CHECKING:  # the ClientApp answers `query.hello` without importing torch
+    from crosslm.client import Client
+    from crosslm.experiment import ExperimentData
+
+Progress = Callable[[str], None]
 CONFIG_KEY, MODE_KEY = "crosslm-config", "crosslm-mode"  # run config keys
 
 
@@ -47,8 +55,8 @@ class SimulationSetup:
 
 # -- client side ----------------------------------------------------------------------------
 
-_clients: dict[tuple[str, str], object] = {}  # (run key, silo) -> Client; Ray actors serve many nodes
-_silos_of: dict[str, object] = {}  # experiment config JSON -> ExperimentData, in simulation
+_clients: dict[tuple[str, str], Client] = {}  # by (run key, silo): a Ray actor serves many nodes
+_silos_of: dict[str, ExperimentData] = {}  # by experiment config JSON, in simulation
 
 
 def silo_name(context: Context, setup: SimulationSetup | None) -> str:
@@ -84,7 +92,7 @@ def _node_test(node_config: dict, task: TaskSpec, config: ExperimentConfig) -> l
     return examples[:config.evaluation.slm_test_size]
 
 
-def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key: str):
+def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key: str) -> Client:
     """A silo's Client from its node config: private data, node-local state, its own model."""
     from crosslm.client import Client
     from crosslm.tasks.data import read_examples
@@ -95,7 +103,11 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
         if not node_config.get(key):
             raise CrossLMError(f"silo {silo}: its SuperNode has no '{key}' in --node-config")
     task = load_task(config.task)
-    train, validation = split_private(read_examples(str(node_config["data-path"]), task), config, silo)
+    examples = read_examples(str(node_config["data-path"]), task)
+    if node_config.get("validation-path"):  # a split the silo fixed itself
+        train, validation = examples, read_examples(str(node_config["validation-path"]), task)
+    else:
+        train, validation = split_private(examples, config, silo)
     state = Path(str(node_config["state-dir"])).expanduser() / run_key
     slm = str(node_config.get("slm") or config.clients.slm[0])
     seed = int(node_config.get("seed", config.seed))
@@ -103,7 +115,7 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
                   state, config.clients, seed)
 
 
-def _simulated_client(setup: SimulationSetup, silo: str):
+def _simulated_client(setup: SimulationSetup, silo: str) -> Client:
     """Virtual node ``k``: silo ``k`` of the same partition as in-process, with the same seed and paths."""
     from crosslm.client import Client
     from crosslm.experiment import load_experiment_data
@@ -119,7 +131,7 @@ def _simulated_client(setup: SimulationSetup, silo: str):
                   setup.state_root / silo, config.clients, config.seed + k)
 
 
-def _client(context: Context, setup: SimulationSetup | None, run_key: str, silo: str):
+def _client(context: Context, setup: SimulationSetup | None, run_key: str, silo: str) -> Client:
     if (run_key, silo) not in _clients:
         if setup is not None:
             _clients[run_key, silo] = _simulated_client(setup, silo)
@@ -193,7 +205,7 @@ def run_key(run: RunDir) -> str:
 
 
 def serve(grid: Grid, config: ExperimentConfig, run: RunDir, task: TaskSpec, test: list[Example],
-          data_dir: Path | None, progress) -> dict:
+          data_dir: Path | None, progress: Progress) -> dict:
     """The unchanged round loop, with a FlowerFederation over ``grid``."""
     from crosslm.experiment import RoundLoop
     from crosslm.models.llm import ServerLLM
@@ -242,11 +254,13 @@ def _keep_env(name: str):
             os.environ[name] = before
 
 
-def run_simulation_engine(config: ExperimentConfig, data, run: RunDir, progress) -> dict:
+def run_simulation_engine(config: ExperimentConfig, data: ExperimentData, run: RunDir,
+                          progress: Progress) -> dict:
     """Run the experiment on Flower's Simulation Engine: one virtual SuperNode per silo."""
     from flwr.simulation import run_simulation
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    for key, value in QUIET_ENV.items():  # no telemetry, no update check, unless asked for
+        os.environ.setdefault(key, value)
     result: dict = {}
     app = ServerApp()
 

@@ -106,12 +106,16 @@ def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
     for k, silo in enumerate(data.silos):
         folder = (out / f"client-{k}").resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        for name, rows in (("data.jsonl", silo.train + silo.validation), ("test.jsonl", test)):
+        files = {"data-path": ("data.jsonl", silo.train),
+                 "validation-path": ("validation.jsonl", silo.validation),
+                 "test-path": ("test.jsonl", test)}
+        for name, rows in files.values():
             lines = "".join(json.dumps({"text": r.text, "label": r.label}) + "\n" for r in rows)
             (folder / name).write_text(lines, encoding="utf-8")
-        node_configs.append(f'silo-name="client-{k}" data-path="{folder / "data.jsonl"}" '
-                            f'test-path="{folder / "test.jsonl"}" state-dir="{folder / "state"}" '
-                            f'slm="{config.clients.slm[k % len(config.clients.slm)]}"')
+        values = {"silo-name": f"client-{k}", **{key: folder / name for key, (name, _) in files.items()},
+                  "state-dir": folder / "state", "slm": config.clients.slm[k % len(config.clients.slm)]}
+        node_configs.append(" ".join(f'{key}="{value}"' for key, value in values.items())
+                            + f" seed={config.seed + k}")  # the in-process client's seed
     return node_configs
 
 
