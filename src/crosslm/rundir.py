@@ -77,9 +77,7 @@ class RunDir:
             os.fsync(handle.fileno())
 
     def metrics(self) -> list[dict]:
-        if not self.metrics_file.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+        return _read_jsonl(self.metrics_file) if self.metrics_file.is_file() else []
 
     def round_dir(self, round_: int) -> Path:
         path = self.path / "rounds" / f"{round_:03d}"
@@ -107,4 +105,8 @@ def load_metrics(path: str | Path) -> list[dict]:
     metrics_file = Path(path) / "metrics.jsonl"
     if not metrics_file.is_file():
         raise CrossLMError(f"{path} is not a run directory: no metrics.jsonl")
-    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    return _read_jsonl(metrics_file)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
