@@ -16,7 +16,17 @@ from pathlib import Path
 from crosslm.config import ClientsConfig
 from crosslm.models.classifier import TextClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, train_classifier
-from crosslm.protocol import FitIns, FitRes, Message, ScoreIns, ScoreRes
+from crosslm.protocol import (
+    AverageIns,
+    AverageRes,
+    FitIns,
+    FitRes,
+    Message,
+    ScoreIns,
+    ScoreRes,
+    pack_weights,
+    unpack_weights,
+)
 from crosslm.rundir import write_atomic
 from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example, TaskSpec
@@ -39,6 +49,8 @@ class Client:
             return self.fit(message)
         if isinstance(message, ScoreIns):
             return self.score(message)
+        if isinstance(message, AverageIns):
+            return self.fit_average(message)
         raise ValueError(f"client {self.name} cannot handle {type(message).__name__}")
 
     # -- state ------------------------------------------------------------------------------
@@ -107,6 +119,7 @@ class Client:
         rounds take their fixed budget rather than let a skewed split veto the
         label-balanced accepted data.
         """
+        started = time.perf_counter()
         private = [TrainItem(ex.text, ex.label) for ex in self.data.train]
         if ins.round == 0:
             classifier = self._model_after(None)
@@ -130,15 +143,37 @@ class Client:
         test_acc = accuracy(classifier, self.test) if ins.evaluate else None
         val_acc = accuracy(classifier, self.data.validation)
         metrics |= {"val_accuracy": val_acc, "num_accepted": len(accepted), "test_accuracy": test_acc,
-                    "eval_seconds": time.perf_counter() - start}
+                    "eval_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - started}
         self._save(ins.round, classifier, metrics)
         return FitRes(ins.round, len(self.data.train), metrics["val_accuracy"], test_acc,
                       {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
 
+    def fit_average(self, ins: AverageIns) -> AverageRes:
+        """The FedAvg baseline: from the global weights, the budget C1 has in the same round.
+
+        Round 0 trains to convergence on the private validation split, later rounds
+        take ``round_training``, so FedAvg gets what CrossLM's clients get.
+        """
+        classifier = self._model_after(None)
+        classifier.load_trainable_state(unpack_weights(ins.weights))
+        self._classifier_round = -1
+        budget = self.config.local_training if ins.round == 0 else self.config.round_training
+        metrics = train_classifier(
+            classifier, [TrainItem(ex.text, ex.label) for ex in self.data.train], lr=budget.lr,
+            epochs=budget.epochs, batch_size=budget.batch_size, seed=self.seed + ins.round,
+            validation=self.data.validation if ins.round == 0 else None, patience=self.config.patience)
+        val_acc = accuracy(classifier, self.data.validation)
+        self._save(ins.round, classifier, metrics | {"val_accuracy": val_acc})
+        self._classifier_round = ins.round
+        return AverageRes(ins.round, len(self.data.train), pack_weights(classifier.trainable_state()),
+                          val_acc, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+
     def score(self, ins: ScoreIns) -> ScoreRes:
         """C2: this SLM's label distribution for every synthetic text."""
+        started = time.perf_counter()
         classifier = self._model_after(ins.round - 1)
         probs = classifier.predict_proba(ins.texts)
         scorer_round = self._latest_snapshot(ins.round - 1).stem.removeprefix("model-r")
         return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
-                        len(self.data.train), self._rounds()[scorer_round]["val_accuracy"])
+                        len(self.data.train), self._rounds()[scorer_round]["val_accuracy"],
+                        round(time.perf_counter() - started, 3))

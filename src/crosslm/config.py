@@ -102,10 +102,18 @@ class EvaluationConfig(_Section):
     wikitext_tokens: int = Field(default=2048, ge=64)
     arc_easy_questions: int = Field(default=200, ge=1)
     general_ability: bool = True
+    few_shot_per_label: int = Field(default=2, ge=1, description="llm-few-shot: seed demos per label")
+
+
+Method = Literal["crosslm", "local-only", "fedavg", "centralized", "llm-zero-shot", "llm-few-shot",
+                 "synthetic-no-feedback"]
 
 
 class ExperimentConfig(_Section):
     task: str = "sst2"
+    method: Method = Field(
+        default="crosslm",
+        description="crosslm, or a baseline to compare it with on the same splits (docs/experiments.md)")
     data_dir: str | None = Field(default=None, description="local data; default $CROSSLM_DATA_DIR")
     seed: int = 0
     rounds: int = Field(default=3, ge=0)

@@ -1,34 +1,30 @@
-"""The round of DESIGN.md, written once against the federation interface.
+"""One experiment on this machine: check the inputs, build the sides a method has, run its rounds.
 
-``load_experiment_data`` checks the inputs, ``build_in_process`` makes the server,
-the clients and an in-process federation; ``RoundLoop`` drives any federation.
+``load_experiment_data`` checks the inputs; ``build_loop`` makes the server, the
+clients and the in-process federation a method needs; ``crosslm.rounds.RoundLoop``
+drives any federation.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from crosslm.baselines import FedAvgLoop, few_shot_task, union_of_silos
 from crosslm.client import Client
 from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
-from crosslm.evaluate import general_ability, task_accuracy
+from crosslm.models.classifier import build_classifier
 from crosslm.models.llm import ServerLLM
 from crosslm.models.loading import resolve_model
-from crosslm.protocol import FitIns, FitRes, ScoreIns
-from crosslm.report import summarise
-from crosslm.rundir import RunDir
+from crosslm.rounds import Progress, RoundLoop
+from crosslm.rundir import Mode, RunDir
 from crosslm.runtime.base import Federation
 from crosslm.runtime.in_process import InProcessFederation
 from crosslm.server import Server
 from crosslm.tasks.data import load_split, resolve_data_dir
 from crosslm.tasks.partition import ClientData, partition
 from crosslm.tasks.spec import Example, TaskSpec, load_task
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -39,147 +35,82 @@ class ExperimentData:
     data_dir: Path | None
 
 
-def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
-    """Read and check the task, the data and the model names before anything is written."""
+def load_experiment_data(config: ExperimentConfig, resolve_models: bool = True) -> ExperimentData:
+    """Read and check the task, the data and (unless told not to) the models before anything is written."""
     task = load_task(config.task)
     data_dir = resolve_data_dir(config.data_dir)
     pool, test = load_split(task, "train", data_dir), load_split(task, "test", data_dir)
     c = config.clients
     silos = partition(pool, task.num_labels, c.num_clients, c.examples_per_client,
                       c.validation_per_client, c.partition, c.dirichlet_alpha, config.seed)
-    for name in [config.server.llm, *c.slm]:
+    for name in [config.server.llm, *c.slm] if resolve_models else []:
         resolve_model(name)
     return ExperimentData(task, silos, test, data_dir)
 
 
-def build_in_process(config: ExperimentConfig, data: ExperimentData, run_dir: Path,
-                     progress: Progress) -> tuple[Server, Federation]:
-    """The server, one client per silo, and the in-process federation between them."""
-    c = config.clients
+SERVER_METHODS = {"crosslm", "synthetic-no-feedback", "llm-zero-shot", "llm-few-shot"}
+CLIENT_METHODS = {"crosslm", "synthetic-no-feedback", "local-only", "centralized", "fedavg"}
+
+
+def client_silos(config: ExperimentConfig, data: ExperimentData) -> dict[str, tuple[str, ClientData]]:
+    """(SLM, data) by client name: one per silo, or for centralized one per SLM on the union of silos."""
+    slms = config.clients.slm
+    if config.method == "centralized":
+        union = union_of_silos(data.silos)
+        return {f"centralized-{k}": (slm, union) for k, slm in enumerate(dict.fromkeys(slms))}
+    return {f"client-{k}": (slms[k % len(slms)], silo) for k, silo in enumerate(data.silos)}
+
+
+def build_federation(config: ExperimentConfig, data: ExperimentData, run_dir: Path,
+                     progress: Progress) -> Federation:
+    """One in-process client per silo (state under ``run_dir/clients``) and the federation to them."""
     slm_test = data.test[:config.evaluation.slm_test_size]
-    clients = {
-        f"client-{k}": Client(f"client-{k}", c.slm[k % len(c.slm)], data.task, silo, slm_test,
-                              run_dir / "clients" / f"client-{k}", c, config.seed + k)
-        for k, silo in enumerate(data.silos)
-    }
-    llm = ServerLLM(config.server.llm, data.task, config.server.lora_rank, config.server.dtype)
-    federation = InProcessFederation(
-        clients, on_deliver=lambda cid, kind: progress(f"  {cid}: {kind}"))
-    return Server(config, data.task, llm), federation
+    clients = {name: Client(name, slm, data.task, silo, slm_test, run_dir / "clients" / name,
+                            config.clients, config.seed + k)
+               for k, (name, (slm, silo)) in enumerate(client_silos(config, data).items())}
+    return InProcessFederation(clients, on_deliver=lambda cid, kind: progress(f"  {cid}: {kind}"))
 
 
-class RoundLoop:
-    """Runs rounds 0..R, logging one metrics line per phase and per round."""
+def build_server(config: ExperimentConfig, task: TaskSpec) -> Server:
+    if config.method == "llm-few-shot":
+        task = few_shot_task(task, config.evaluation.few_shot_per_label, config.seed)
+    llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.server.dtype)
+    return Server(config, task, llm)
 
-    def __init__(self, config: ExperimentConfig, server: Server, federation: Federation,
-                 run: RunDir, llm_test: list[Example], data_dir: Path | None,
-                 progress: Progress = lambda message: None) -> None:
-        self.config, self.server, self.federation, self.run = config, server, federation, run
-        self.llm_test, self.data_dir, self.progress = llm_test, data_dir, progress
-        self.round = 0
 
-    @contextmanager
-    def phase(self, name: str, **fields):
-        """Time a phase and log it with whatever metrics the body adds to the yielded dict."""
-        self.progress(f"round {self.round}: {name}")
-        record: dict = {}
-        start = time.perf_counter()
-        yield record
-        seconds = time.perf_counter() - start
-        self.run.log({"round": self.round, "phase": name, "seconds": round(seconds, 3),
-                      **fields, **record})
+def check_method(config: ExperimentConfig) -> None:
+    """Refuse a method that cannot run on this config, before anything is written."""
+    if config.method == "fedavg" and len(set(config.clients.slm)) > 1:
+        raise CrossLMError(f"method fedavg averages weights, so every client needs the same SLM; "
+                           f"clients.slm is {config.clients.slm}")
+    if config.method != "crosslm" and config.engine != "in-process":
+        raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
 
-    def _send(self, messages: dict, name: str) -> dict:
-        replies, failures = self.federation.send(messages)
-        for cid, error in failures.items():
-            self.run.log({"round": self.round, "phase": "failure", "client": cid,
-                          "message": name, "error": error})
-            self.progress(f"round {self.round}: {cid} failed in {name}: {error.splitlines()[0]}")
-        if not replies:
-            raise CrossLMError(f"round {self.round}: no client replied to {name}")
-        if len(replies) < self.config.clients.min_replies:
-            raise CrossLMError(f"round {self.round}: only {len(replies)} of {len(messages)} clients "
-                               f"replied to {name}; clients.min_replies is {self.config.clients.min_replies}")
-        return replies
 
-    def _fit_clients(self, accepted: list) -> None:
-        """C1 (and E) on every client, with the accepted set of this round."""
-        ins = FitIns(self.round, [s.text for s in accepted], [s.label for s in accepted],
-                     [s.soft_label for s in accepted])
-        with self.phase("C1-fit") as record:
-            replies: dict[str, FitRes] = self._send(
-                {cid: ins for cid in self.federation.client_ids()}, "fit")
-            record["clients"] = {cid: asdict(r) for cid, r in replies.items()}
-            record["eval_seconds"] = sum(r.metrics.get("eval_seconds", 0) for r in replies.values())
+def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, progress: Progress) -> RoundLoop:
+    """The round loop of ``config.method``, with the sides that method has."""
+    server = build_server(config, data.task) if config.method in SERVER_METHODS else None
+    federation = (build_federation(config, data, run.path, progress)
+                  if config.method in CLIENT_METHODS else None)
+    llm_test = data.test[:config.evaluation.llm_test_size]
+    loop = RoundLoop(config, server, federation, run, llm_test, data.data_dir, progress)
+    if config.method == "fedavg":
+        slm = config.clients.slm[0]
+        model = build_classifier(slm, data.task, config.clients.lora_rank, config.seed)
+        return FedAvgLoop(loop, model, data.test[:config.evaluation.slm_test_size])
+    return loop
 
-    def _evaluate_llm(self) -> None:
-        """Task accuracy before, after and (optionally) between; general ability before and after."""
-        ev = self.config.evaluation
-        first_or_last = self.round in (0, self.config.rounds)
-        if first_or_last or ev.llm_task_every_round:
-            with self.phase("E-llm-task") as record:
-                record |= task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate)
-        if first_or_last and ev.general_ability and self.data_dir is not None:
-            with self.phase("E-llm-general") as record:
-                record |= general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
-                                          self.data_dir, ev.wikitext_tokens, ev.arc_easy_questions)
 
-    def _log_traffic(self) -> None:
-        mine = [t for t in self.federation.transfers if t.round == self.round]
-        per_client: dict[str, dict[str, int]] = {}
-        for t in mine:
-            per_client.setdefault(t.client, {"down": 0, "up": 0})[t.direction] += t.bytes
-        self.run.log({"round": self.round, "phase": "communication", "bytes": per_client})
+def run_experiment(config: ExperimentConfig, mode: Mode = "new",
+                   progress: Progress = lambda message: None) -> tuple[dict, Path]:
+    """Run ``config`` on this machine (in-process or Flower's simulation); (summary, run directory)."""
+    check_method(config)
+    progress("checking data and models")
+    data = load_experiment_data(config)
+    run = RunDir(config.output_dir, config, mode)
+    progress("loading models")
+    if config.engine == "flower-sim":
+        from crosslm.runtime.flower_app import run_simulation_engine
 
-    def round_zero(self) -> None:
-        """Local training only (the fair baseline), and the LLM before any enhancement."""
-        self.round = 0
-        self._fit_clients([])
-        self._evaluate_llm()
-        self._log_traffic()
-        self.server.save(self.run.round_dir(0))
-        self.run.mark_completed(0)
-
-    def crosslm_round(self, round_: int) -> None:
-        self.round = round_
-        with self.phase("S1-generate") as record:
-            candidates, dropped = self.server.generate(round_)
-            record |= {"generated": len(candidates) + sum(dropped.values()),
-                       "kept": len(candidates), "dropped": dropped}
-        if not candidates:
-            raise CrossLMError(f"round {round_}: every generated sample was degenerate")
-        with self.phase("C2-score"):
-            replies = self._send({cid: ScoreIns(round_, [c.text for c in candidates])
-                                  for cid in self.federation.client_ids()}, "score")
-        with self.phase("S2-aggregate") as record:
-            scored = self.server.aggregate(candidates, replies)
-            record["mean_quality"] = sum(s.quality for s in scored) / len(scored)
-        with self.phase("S3-improve-generator") as record:
-            record |= self.server.improve_generator(scored, round_)
-        with self.phase("S4-select") as record:
-            accepted = self.server.select(scored)
-            record |= {"accepted": len(accepted), "candidates": len(scored)}
-        accepted_ids = {id(s) for s in accepted}
-        self.run.write_jsonl(self.run.round_dir(round_) / "samples.jsonl",
-                             [{**s.__dict__, "accepted": id(s) in accepted_ids} for s in scored])
-        with self.phase("S5-enhance-llm") as record:
-            record |= self.server.enhance(round_)
-        self._fit_clients(accepted)
-        self._evaluate_llm()
-        self._log_traffic()
-        self.server.save(self.run.round_dir(round_))
-        self.run.mark_completed(round_)
-
-    def run_all(self) -> dict:
-        done = self.run.completed_round()
-        if done is None:
-            self.round_zero()
-            done = 0
-        else:
-            self.server.load(self.run.round_dir(done))
-            self.progress(f"resuming after round {done}")
-        for round_ in range(done + 1, self.config.rounds + 1):
-            self.crosslm_round(round_)
-        summary = summarise(self.run.metrics())
-        self.run.write_json("summary.json", summary)
-        return summary
+        return run_simulation_engine(config, data, run, progress), run.path
+    return build_loop(config, data, run, progress).run_all(), run.path

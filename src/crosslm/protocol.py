@@ -2,13 +2,18 @@
 
 Communication is counted as the bytes of this encoding, whichever runtime
 carries it. Nothing here can hold private text: clients send back only label
-distributions and aggregate metrics.
+distributions and aggregate metrics (and, in the FedAvg baseline, weights).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where weights are packed: a Flower node's hello stays light
+    import torch
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,42 @@ class ScoreRes:
     probs: list[list[float]]
     num_examples: int
     val_accuracy: float
+    seconds: float = 0.0  # the client's compute: what a runtime adds on top is its overhead
 
 
-MESSAGE_TYPES = {cls.__name__: cls for cls in (FitIns, FitRes, ScoreIns, ScoreRes)}
-Message = FitIns | FitRes | ScoreIns | ScoreRes
+@dataclass(frozen=True)
+class AverageIns:
+    """The FedAvg baseline: start from these global weights, train on private data, send yours back."""
+
+    round: int
+    weights: str  # pack_weights()
+
+
+@dataclass(frozen=True)
+class AverageRes:
+    round: int
+    num_examples: int
+    weights: str
+    val_accuracy: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+MESSAGE_TYPES = {cls.__name__: cls for cls in (FitIns, FitRes, ScoreIns, ScoreRes, AverageIns, AverageRes)}
+Message = FitIns | FitRes | ScoreIns | ScoreRes | AverageIns | AverageRes
+
+
+def pack_weights(state: dict[str, torch.Tensor]) -> str:
+    """Weights as text in a JSON message: safetensors bytes, base64 (what FedAvg really has to send)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    return base64.b64encode(save(tensors)).decode("ascii")
+
+
+def unpack_weights(packed: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(base64.b64decode(packed))
 
 
 def to_record(message: Message) -> dict:

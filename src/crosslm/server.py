@@ -80,6 +80,13 @@ class Server:
         self.accepted_pool += accepted
         return accepted
 
+    def accept_unjudged(self, candidates: list[Candidate]) -> list[ScoredSample]:
+        """The synthetic-no-feedback baseline: every sample is accepted with its intended label."""
+        one_hot = lambda label: [float(y == label) for y in range(self.task.num_labels)]  # noqa: E731
+        accepted = [ScoredSample(c.text, c.label, 1.0, one_hot(c.label), 0.0) for c in candidates]
+        self.accepted_pool += accepted
+        return accepted
+
     def enhance(self, round_: int) -> dict[str, float]:
         """S5: train the LLM's classifier adapter on every sample accepted so far."""
         if not self.accepted_pool:

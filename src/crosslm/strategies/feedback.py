@@ -99,7 +99,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
             losses.append(loss.item())
             steps += 1
     llm.model.eval()
-    return {"generator_samples": float(sum(min(len(g), config.max_samples_per_label)
-                                           for g in by_label.values())),
-            "generator_steps": float(steps),
-            "generator_loss": sum(losses) / len(losses) if losses else float("nan")}
+    metrics = {"generator_samples": float(sum(min(len(g), config.max_samples_per_label)
+                                              for g in by_label.values())),
+               "generator_steps": float(steps)}
+    return metrics | ({"generator_loss": sum(losses) / len(losses)} if losses else {})

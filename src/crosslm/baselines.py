@@ -1,0 +1,85 @@
+"""What CrossLM is compared with, on the same splits and budget (docs/experiments.md).
+
+local-only, centralized and llm-zero-shot are round 0 of ``RoundLoop`` with one
+side left out; synthetic-no-feedback is its round without C2, S2, S3 and S4.
+This module holds what the others add: the union of the silos (centralized),
+a few-shot prompt (llm-few-shot) and FedAvg, whose round moves SLM weights
+through the same federation interface.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from crosslm.models.classifier import TextClassifier
+from crosslm.models.training import accuracy
+from crosslm.protocol import AverageIns, AverageRes, pack_weights, unpack_weights
+from crosslm.rounds import RoundLoop
+from crosslm.tasks.partition import ClientData
+from crosslm.tasks.spec import Example, TaskSpec
+
+
+def union_of_silos(silos: list[ClientData]) -> ClientData:
+    """The centralized baseline's data: every silo's private training and validation examples."""
+    return ClientData([ex for s in silos for ex in s.train], [ex for s in silos for ex in s.validation])
+
+
+def few_shot_task(task: TaskSpec, per_label: int, seed: int) -> TaskSpec:
+    """The task with public seed demonstrations, labelled, before the text to classify."""
+    rng = random.Random(seed)
+    demos = [(text, label) for label, name in enumerate(task.labels)
+             for text in rng.sample(task.seeds[name], min(per_label, len(task.seeds[name])))]
+    rng.shuffle(demos)
+    shown = "".join(task.classify_prompt(text) + task.verbalizers[label] + "\n\n" for text, label in demos)
+    escaped = shown.replace("{", "{{").replace("}", "}}")
+    return task.model_copy(update={"classify_template": escaped + task.classify_template})
+
+
+def average(replies: dict[str, AverageRes], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FedAvg: the clients' weights, weighted by their number of examples (integer buffers kept)."""
+    states = [(unpack_weights(r.weights), r.num_examples) for r in replies.values()]
+    total = sum(n for _, n in states)
+    return {key: (sum(state[key].double() * n for state, n in states) / total).to(ref.dtype)
+            if ref.is_floating_point() else ref
+            for key, ref in reference.items()}
+
+
+class FedAvgLoop(RoundLoop):
+    """Rounds 0..R of FedAvg: send the global SLM, clients train, average, evaluate the average.
+
+    Clients train the budget CrossLM's C1 has in the same round (``Client.fit_average``);
+    the global model's test accuracy is logged as ``E-slm-global``.
+    """
+
+    def __init__(self, loop: RoundLoop, model: TextClassifier, test: list[Example]) -> None:
+        super().__init__(loop.config, None, loop.federation, loop.run, [], None, loop.progress)
+        self.model, self.test = model, test
+
+    @property
+    def last_round(self) -> int:
+        return self.config.rounds
+
+    def round_zero(self) -> None:
+        self.crosslm_round(0)
+
+    def crosslm_round(self, round_: int) -> None:
+        self.round = round_
+        ins = AverageIns(round_, pack_weights(self.model.trainable_state()))
+        with self.phase("C1-fit") as record:
+            replies: dict[str, AverageRes] = self._send(
+                {cid: ins for cid in self.federation.client_ids()}, "fit")
+            record["clients"] = {cid: {"num_examples": r.num_examples, "val_accuracy": r.val_accuracy,
+                                       "test_accuracy": None, "metrics": r.metrics}
+                                 for cid, r in replies.items()}
+        with self.phase("S-average"):
+            self.model.load_trainable_state(average(replies, self.model.trainable_state()))
+        with self.phase("E-slm-global") as record:
+            record["accuracy"] = accuracy(self.model, self.test)
+        self._log_traffic()
+        self.model.save(self.run.round_dir(round_) / "global-slm.safetensors")
+        self.run.mark_completed(round_)
+
+    def restore(self, done: int) -> None:
+        self.model.load(self.run.round_dir(done) / "global-slm.safetensors")
