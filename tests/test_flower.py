@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,8 +34,8 @@ pytest.importorskip("flwr", reason="flwr is not installed: pip install 'flwr[sim
 from crosslm.cli import app  # noqa: E402
 from crosslm.config import load_config  # noqa: E402
 from crosslm.errors import CrossLMError  # noqa: E402
-from crosslm.experiment import RoundLoop  # noqa: E402
 from crosslm.protocol import FitRes, decode, encode  # noqa: E402
+from crosslm.rounds import RoundLoop  # noqa: E402
 from crosslm.rundir import RunDir  # noqa: E402
 from crosslm.runtime.base import Federation  # noqa: E402
 from crosslm.runtime.flower_submit import QUIET_ENV, write_flower_home  # noqa: E402
@@ -280,7 +281,7 @@ def test_export_silos_writes_the_in_process_partition(tmp_path, shared_data, mon
     result = CliRunner().invoke(app, ["export-silos", "--out", str(tmp_path / "silos"),
                                       *[a for o in sets for a in ("--set", o)]])
     assert result.exit_code == 0, result.output
-    commands = result.output.strip().splitlines()
+    commands = result.stdout.strip().splitlines()
     assert len(commands) == 2 and all(c.startswith("flower-supernode --insecure") for c in commands)
     assert 'silo-name="client-1"' in commands[1] and "seed=4" in commands[1]
     silo = load_experiment_data(load_config(None, sets)).silos[1]
@@ -438,6 +439,7 @@ def deployment(tmp_path_factory, shared_data, tiny_causal_dir) -> Deployment:
         _canary_file(shared_data / "sst2" / "train.jsonl", root / silo / "train.jsonl", 30, 100 * k, canaries)
         _canary_file(shared_data / "sst2" / "dev.jsonl", root / silo / "test.jsonl", 24, 30 * k, canaries)
     env = {**os.environ, **QUIET_ENV, "CROSSLM_WIRE_LOG": str(root / "wire"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the SuperLink starts flower-superexec
            "CROSSLM_DATA_DIR": str(shared_data), "FLWR_HOME": str(root / "flwr-home")}
     write_flower_home(root / "flwr-home", f"127.0.0.1:{port}", None)
     procs = Processes(logs, env)
@@ -504,3 +506,71 @@ def test_no_private_text_crosses_the_deployment(deployment):
     _assert_private_text_never_crossed(_wire(deployment.wire), deployment.canaries, deployment.rounds,
                                        [deployment.run, deployment.logs / "superlink.log",
                                         deployment.logs / "crosslm.log"])
+
+
+# -- deployment across machines: TLS and SuperNode authentication, as docs/flower.md says ----------
+
+def _sh(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"{' '.join(args)}\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def _certificates(certs: Path) -> None:
+    """The CA and the SuperLink's certificate, with the openssl commands of docs/flower.md."""
+    certs.mkdir()
+    _sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-days", "2", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=crosslm-ca"], certs)
+    _sh(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+         "-subj", "/CN=localhost"], certs)
+    (certs / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _sh(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "2", "-sha256", "-extfile", "san.ext", "-out", "server.pem"], certs)
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("openssl", "ssh-keygen")),
+                    reason="openssl and ssh-keygen (Debian: openssl, openssh-client) make the keys")
+def test_tls_deployment_admits_only_registered_supernodes(tmp_path, shared_data, tiny_causal_dir):
+    root, canaries = tmp_path, []
+    logs = root / "logs"
+    logs.mkdir()
+    _certificates(root / "certs")
+    silos = ["north", "south"]
+    for k, silo in enumerate(silos + ["rogue"]):
+        _sh(["ssh-keygen", "-t", "ecdsa", "-b", "384", "-N", "", "-f", f"{silo}-key"], root)
+        _canary_file(shared_data / "sst2" / "train.jsonl", root / silo / "train.jsonl", 30, 100 * k, canaries)
+        _canary_file(shared_data / "sst2" / "dev.jsonl", root / silo / "test.jsonl", 16, 30 * k, canaries)
+    port = _free_port()
+    env = {**os.environ, **QUIET_ENV, "OMP_NUM_THREADS": "1", "FLWR_HOME": str(root / "flwr-home"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    write_flower_home(root / "flwr-home", f"127.0.0.1:{port}", root / "certs" / "ca.crt")
+    procs = Processes(logs, env)
+    run = root / "run"
+    config = _config(root / "config.yaml", tiny_causal_dir, [tiny_causal_dir], run, 1,
+                     data_dir=shared_data, reply_timeout=120, min_replies=2)
+    certs = root / "certs"
+    try:
+        procs.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                                  "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile",
+                                  str(certs / "server.key"), "--enable-supernode-auth",
+                                  "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                                  "--port", str(port)], root)
+        _wait(lambda: _port_open(port), 60, "the SuperLink", procs.started["superlink"])
+        for silo in silos:
+            _sh([str(BIN / "flwr"), "supernode", "register", f"{silo}-key.pub", "crosslm"], root, env)
+        for silo in silos + ["rogue"]:
+            procs.start(silo, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
+                               "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key",
+                               f"{silo}-key", "--port", str(_free_port()), "--node-config",
+                               _node_config(silo, root, tiny_causal_dir)], root)
+        _wait(lambda: _registered_nodes(env) >= 2, 90, "the 2 registered SuperNodes")
+        crosslm = procs.start("crosslm", [str(BIN / "crosslm"), "run", str(config), "--engine", "flower",
+                                          "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+                                          str(certs / "ca.crt")], root)
+        returncode = crosslm.wait(timeout=300)
+    finally:
+        procs.kill_all()
+    assert returncode == 0, (logs / "crosslm.log").read_text()[-3000:]
+    metrics = _jsonl(run / "metrics.jsonl")
+    assert _fits(metrics) == {0: {"north", "south"}, 1: {"north", "south"}}  # never the rogue node
+    assert not (root / "rogue" / "state").exists()

@@ -207,8 +207,8 @@ def run_key(run: RunDir) -> str:
 def serve(grid: Grid, config: ExperimentConfig, run: RunDir, task: TaskSpec, test: list[Example],
           data_dir: Path | None, progress: Progress) -> dict:
     """The unchanged round loop, with a FlowerFederation over ``grid``."""
-    from crosslm.experiment import RoundLoop
     from crosslm.models.llm import ServerLLM
+    from crosslm.rounds import RoundLoop
     from crosslm.server import Server
 
     llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.server.dtype)

@@ -100,7 +100,7 @@ def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
     """
     from crosslm.experiment import load_experiment_data
 
-    data = load_experiment_data(config)
+    data = load_experiment_data(config, resolve_models=False)
     test = data.test[:config.evaluation.slm_test_size]
     node_configs = []
     for k, silo in enumerate(data.silos):
