@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +12,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from crosslm import tensorboard as tb
 from crosslm.config import load_config
 from crosslm.errors import CrossLMError
 from crosslm.report import summarise, summary_table
-from crosslm.rundir import RunDir, load_metrics
+from crosslm.rundir import load_metrics
 
 app = typer.Typer(help="CrossLM: a server LLM and client SLMs improve each other without "
                        "moving private data.", no_args_is_help=True, add_completion=False)
@@ -47,6 +49,10 @@ def run(
     root_certificates: Annotated[Path | None, typer.Option(help="--engine flower: the CA certificate "
                                                            "of the SuperLink's TLS; without it the "
                                                            "connection is insecure")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="also write the metrics as TensorBoard scalars to "
+                                              "RUN_DIR/tensorboard (tensorboard --logdir runs/); "
+                                              "--engine flower: after the run, if the run directory "
+                                              "is on this machine")] = False,
 ) -> None:
     """Run an experiment: round 0 (local SLMs, zero-shot LLM), then CrossLM rounds."""
     overrides = list(set_)
@@ -65,28 +71,18 @@ def run(
         def progress(message: str) -> None:
             console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {message}")
 
-        from crosslm.experiment import RoundLoop, build_in_process, load_experiment_data
-
         mode = "resume" if resume else "overwrite" if overwrite else "new"
         if cfg.engine == "flower":
             summary, run_path = _run_on_superlink(cfg, mode, superlink, root_certificates, progress)
             if summary is None:
                 return
+            if tensorboard:
+                tb.export(run_path)
         else:
-            progress("checking data and models")
-            data = load_experiment_data(cfg)
-            run_dir = RunDir(cfg.output_dir, cfg, mode)
-            run_path = run_dir.path
-            progress("loading models")
-            if cfg.engine == "flower-sim":
-                from crosslm.runtime.flower_app import run_simulation_engine
+            from crosslm.experiment import run_experiment
 
-                summary = run_simulation_engine(cfg, data, run_dir, progress)
-            else:
-                server, federation = build_in_process(cfg, data, run_dir.path, progress)
-                llm_test = data.test[:cfg.evaluation.llm_test_size]
-                summary = RoundLoop(cfg, server, federation, run_dir, llm_test, data.data_dir,
-                                    progress).run_all()
+            with tb.tensorboard_logging() if tensorboard else nullcontext():
+                summary, run_path = run_experiment(cfg, mode, progress)
     except CrossLMError as err:
         _fail(err)
     console.print(summary_table(summary))
@@ -99,6 +95,8 @@ def _run_on_superlink(cfg, mode: str, superlink: str, root_certificates: Path | 
     from crosslm.runtime.flower_submit import submit
 
     absolute = {"output_dir": str(Path(cfg.output_dir).resolve())}
+    if Path(cfg.task).is_file():  # a task YAML of the user's, not a built-in name
+        absolute["task"] = str(Path(cfg.task).resolve())
     if cfg.data_dir:
         absolute["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
     cfg = cfg.model_copy(update=absolute)
@@ -140,6 +138,52 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
         _fail(err)
     except (IndexError, KeyError):
         _fail(CrossLMError(f"{run_dir}: round 0 has not finished; no table yet"))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: RUN_DIR/report.html)")
+                   ] = None,
+) -> None:
+    """Write one self-contained HTML page of a run: config, tables, figures, synthetic samples."""
+    from crosslm.html_report import write_report
+
+    try:
+        print(write_report(run_dir, out))
+    except CrossLMError as err:
+        _fail(err)
+
+
+@app.command()
+def bench(
+    spec: Annotated[Path, typer.Argument(help="bench spec YAML: tasks x settings x methods x seeds "
+                                             "(docs/experiments.md)")],
+    dry_run: Annotated[bool, typer.Option(help="list the cells, their status and estimated seconds; "
+                                          "run nothing")] = False,
+    aggregate_only: Annotated[bool, typer.Option(help="only aggregate the finished cells")] = False,
+    rerun_changed: Annotated[bool, typer.Option(help="start again (deleting them) the cells whose "
+                                                "stored config differs from the spec")] = False,
+    results: Annotated[Path | None, typer.Option(help="folder for matrix.json, matrix.md and plots "
+                                                 "(default: the spec's output_dir)")] = None,
+) -> None:
+    """Run every cell of a benchmark matrix that is not done yet, then aggregate the results."""
+    from crosslm import bench as runner
+
+    if dry_run and aggregate_only:
+        _fail(CrossLMError("--dry-run and --aggregate-only exclude each other"))
+    command = " ".join(["crosslm bench", str(spec), *(["--rerun-changed"] if rerun_changed else []),
+                        *(["--results", str(results)] if results else []),
+                        *(["--aggregate-only"] if aggregate_only else [])])
+    try:
+        if dry_run:
+            runner.dry_run(spec, rerun_changed, console)
+        elif aggregate_only:
+            runner.aggregate_only(spec, results, command, console)
+        elif runner.run_bench(spec, rerun_changed, results, command, console):
+            raise typer.Exit(1)
+    except CrossLMError as err:
+        _fail(err)
 
 
 def main() -> None:

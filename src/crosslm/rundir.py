@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +22,24 @@ from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
 
 Mode = Literal["new", "resume", "overwrite"]
+Listener = Callable[[dict], None]
+ListenerFactory = Callable[["RunDir"], Listener]
+
+_listener_factories: ContextVar[tuple[ListenerFactory, ...]] = ContextVar("run_listeners", default=())
+
+
+@contextmanager
+def listening(factory: ListenerFactory) -> Iterator[None]:
+    """Every RunDir opened inside the block calls ``factory(run)`` once it is ready (on resume: after
+    the unfinished round's metrics are dropped) and passes each record it logs to the listener it got.
+
+    Optional outputs such as TensorBoard hook in here, so the round loop never tests for them.
+    """
+    token = _listener_factories.set((*_listener_factories.get(), factory))
+    try:
+        yield
+    finally:
+        _listener_factories.reset(token)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -34,6 +55,7 @@ class RunDir:
             self._check_resumable(config)
         else:
             self._create(config, overwrite=mode == "overwrite")
+        self._listeners = [make(self) for make in _listener_factories.get()]
 
     def _create(self, config: ExperimentConfig, overwrite: bool) -> None:
         if self.path.exists() and any(self.path.iterdir()):
@@ -75,6 +97,8 @@ class RunDir:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        for listener in self._listeners:
+            listener(record)
 
     def metrics(self) -> list[dict]:
         return _read_jsonl(self.metrics_file) if self.metrics_file.is_file() else []
@@ -101,12 +125,30 @@ class RunDir:
 
 
 def load_metrics(path: str | Path) -> list[dict]:
-    """The metrics of an existing run directory (for ``crosslm show``)."""
-    metrics_file = Path(path) / "metrics.jsonl"
-    if not metrics_file.is_file():
+    """The metrics of an existing run directory (for ``crosslm show`` and the reports)."""
+    return _read_jsonl(_existing_run(path) / "metrics.jsonl")
+
+
+def load_samples(path: str | Path) -> dict[int, list[dict]]:
+    """Round -> that round's scored synthetic samples (``rounds/NNN/samples.jsonl``); {} if none."""
+    return {int(f.parent.name): _read_jsonl(f)
+            for f in sorted(_existing_run(path).glob("rounds/*/samples.jsonl")) if f.parent.name.isdigit()}
+
+
+def _existing_run(path: str | Path) -> Path:
+    if not (Path(path) / "metrics.jsonl").is_file():
         raise CrossLMError(f"{path} is not a run directory: no metrics.jsonl")
-    return _read_jsonl(metrics_file)
+    return Path(path)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """One dict per non-empty line; a damaged line is named by file and line number."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise CrossLMError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    return rows

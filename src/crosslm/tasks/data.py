@@ -86,9 +86,10 @@ def read_examples(path: str | Path, task: TaskSpec) -> list[Example]:
     return examples
 
 
-def find_split_file(data_dir: Path, task: TaskSpec, split: str) -> Path:
+def find_split_file(data_dir: Path | None, task: TaskSpec, split: str) -> Path:
+    """``<stem>.jsonl|.csv|.parquet`` in the task's own ``data_folder``, else in ``data_dir/<folder>``."""
     stem = getattr(task.splits, split)
-    folder = data_dir / (task.folder or task.name)
+    folder = Path(task.data_folder) if task.data_folder else data_dir / (task.folder or task.name)
     for suffix in SUFFIXES:
         if (folder / f"{stem}{suffix}").is_file():
             return folder / f"{stem}{suffix}"
@@ -139,8 +140,8 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
 
 
 def load_split(task: TaskSpec, split: str, data_dir: Path | None) -> list[Example]:
-    """The task's ``train`` or ``test`` split, from ``data_dir`` when given, else the hub."""
-    if data_dir is None:
+    """The task's ``train`` or ``test`` split: from its own data folder, else ``data_dir``, else the hub."""
+    if data_dir is None and task.data_folder is None:
         return _load_hub_split(task, split)
     path = find_split_file(data_dir, task, split)
     _check_label_names(path.parent, task)

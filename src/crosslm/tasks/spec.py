@@ -3,7 +3,7 @@
 A spec names the labels, the verbalizer words an LLM scores to classify, the
 classification prompt, and the completion-style generation prompt with public
 seed demonstrations. Built-in specs live in ``builtin/*.yaml``; a user task is
-the same YAML format.
+the same YAML format (examples/tasks/ in the repository has one).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from crosslm.errors import CrossLMError
 
@@ -58,27 +58,40 @@ class TaskSpec(_Strict):
     generate_instruction: dict[str, str]
     item_prefix: str
     seeds: dict[str, list[str]]
-    folder: str | None = None
+    folder: str | None = Field(default=None, description="sub-folder of the data directory; default: name")
+    data_folder: str | None = Field(
+        default=None, description="this task's own folder of split files, relative to the task YAML; "
+                                  "when given, the data directory is not used for the task's splits")
     splits: SplitFiles = SplitFiles()
     hub: HubSource | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> TaskSpec:
-        if len(self.verbalizers) != len(self.labels):
-            raise ValueError(
-                f"verbalizers has {len(self.verbalizers)} entries, labels has {len(self.labels)}"
-            )
-        for field in ("generate_instruction", "seeds"):
-            missing = set(self.labels) - set(getattr(self, field))
-            extra = set(getattr(self, field)) - set(self.labels)
-            if missing or extra:
-                raise ValueError(
-                    f"{field} must have one entry per label; missing {sorted(missing)}, "
-                    f"unknown {sorted(extra)}"
-                )
-        if "{text}" not in self.classify_template:
+    # Field validators (labels is validated first), so an error carries the field's place in the YAML.
+    @field_validator("verbalizers")
+    @classmethod
+    def _one_verbalizer_per_label(cls, verbalizers: list[str], info: ValidationInfo) -> list[str]:
+        labels = info.data.get("labels")
+        if labels is not None and len(verbalizers) != len(labels):
+            raise ValueError(f"verbalizers has {len(verbalizers)} entries, labels has {len(labels)}")
+        return verbalizers
+
+    @field_validator("classify_template")
+    @classmethod
+    def _has_text_slot(cls, template: str) -> str:
+        if "{text}" not in template:
             raise ValueError("classify_template must contain '{text}'")
-        return self
+        return template
+
+    @field_validator("generate_instruction", "seeds")
+    @classmethod
+    def _one_entry_per_label(cls, value: dict, info: ValidationInfo) -> dict:
+        labels = info.data.get("labels")
+        if labels is None:  # labels itself is invalid, and reported
+            return value
+        missing, extra = set(labels) - set(value), set(value) - set(labels)
+        if missing or extra:
+            raise ValueError(f"{info.field_name} must have one entry per label; missing {sorted(missing)}, "
+                             f"unknown {sorted(extra)}")
+        return value
 
     @property
     def num_labels(self) -> int:
@@ -113,11 +126,49 @@ def load_task(name_or_path: str) -> TaskSpec:
             f"unknown task '{name_or_path}': not a built-in task "
             f"({', '.join(builtin_task_names())}) and not a YAML file"
         )
+    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise CrossLMError(f"{path}: not valid YAML: {err}") from err
     try:
-        return TaskSpec.model_validate(raw)
+        spec = TaskSpec.model_validate(raw)
     except ValidationError as err:
-        raise CrossLMError(f"{path}: invalid task spec:\n{err}") from err
+        problems = [f"  {_where(path, text, item['loc'])}: {_problem(item)}" for item in err.errors()]
+        raise CrossLMError("\n".join([f"{path}: invalid task spec", *problems])) from None
+    if spec.data_folder is None:
+        return spec
+    folder = (path.parent / Path(spec.data_folder).expanduser()).resolve()
+    return spec.model_copy(update={"data_folder": str(folder)})
+
+
+def _problem(item: dict) -> str:
+    """One validation error in words that name the field."""
+    field = ".".join(str(part) for part in item["loc"])
+    if item["type"] == "missing":
+        return f"missing field '{field}'"
+    if item["type"] == "extra_forbidden":
+        return f"unknown field '{field}'"
+    if item["type"] == "value_error":  # our validators' messages name the field themselves
+        return str(item["ctx"]["error"])
+    if not field:
+        return f"{item['msg']}: the file must be a mapping of the fields of a task"
+    return f"{field}: {item['msg']} (got {item.get('input')!r})"
+
+
+def _where(path: Path, text: str, loc: tuple) -> str:
+    """``file:line`` of the deepest key of ``loc`` the YAML has (the file alone if it has none)."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return f"{path}:{line}" if line is not None else str(path)
