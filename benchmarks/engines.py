@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import signal
 import socket
@@ -37,6 +36,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from crosslm.bench_results import machine
 from crosslm.report import COMPUTE_PHASES
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,13 +44,6 @@ ROOT = Path("runs/bench-engines")
 ENGINES = {"in_process": "in-process", "flower_sim": "flower-sim", "flower_deploy": "deploy/run"}
 BIN = Path(sys.executable).parent
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": __import__("torch").__version__, "flwr": __import__("flwr").__version__}
 
 
 def free_port() -> int:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from crosslm.bench_results import machine
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {  # the targets on a 2-core CPU
@@ -26,13 +26,6 @@ TARGETS = {  # the issue's targets on a 2-core CPU
     "wikitext2_ppl_change_pct": "<= 3 % worse",
     "arc_easy_change_points": ">= -1",
 }
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": __import__("torch").__version__}
 
 
 def main() -> None:

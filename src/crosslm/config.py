@@ -149,15 +149,29 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_sections(base: dict, update: dict) -> dict:
     """``update`` over ``base``, section by section, so a partly given section keeps its defaults."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_sections(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def config_from_layers(raw: dict) -> ExperimentConfig:
+    """The defaults with ``raw`` merged over them, validated (a ValidationError names the fields)."""
+    return ExperimentConfig.model_validate(merge_sections(ExperimentConfig().model_dump(), raw))
+
+
+def check_method(config: ExperimentConfig) -> None:
+    """Refuse a method that cannot run on this config, before anything is written."""
+    if config.method == "fedavg" and len(set(config.clients.slm)) > 1:
+        raise CrossLMError(f"method fedavg averages weights, so every client needs the same SLM; "
+                           f"clients.slm is {config.clients.slm}")
+    if config.method != "crosslm" and config.engine != "in-process":
+        raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -179,6 +193,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     for assignment in overrides:
         _apply_override(raw, assignment)
     try:
-        return ExperimentConfig.model_validate(_merge(ExperimentConfig().model_dump(), raw))
+        return config_from_layers(raw)
     except ValidationError as err:
         raise CrossLMError(_format_errors(err, source)) from None

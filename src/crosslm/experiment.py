@@ -12,8 +12,7 @@ from pathlib import Path
 
 from crosslm.baselines import FedAvgLoop, few_shot_task, union_of_silos
 from crosslm.client import Client
-from crosslm.config import ExperimentConfig
-from crosslm.errors import CrossLMError
+from crosslm.config import ExperimentConfig, check_method
 from crosslm.models.classifier import build_classifier
 from crosslm.models.llm import ServerLLM
 from crosslm.models.loading import resolve_model
@@ -76,15 +75,6 @@ def build_server(config: ExperimentConfig, task: TaskSpec) -> Server:
         task = few_shot_task(task, config.evaluation.few_shot_per_label, config.seed)
     llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.server.dtype)
     return Server(config, task, llm)
-
-
-def check_method(config: ExperimentConfig) -> None:
-    """Refuse a method that cannot run on this config, before anything is written."""
-    if config.method == "fedavg" and len(set(config.clients.slm)) > 1:
-        raise CrossLMError(f"method fedavg averages weights, so every client needs the same SLM; "
-                           f"clients.slm is {config.clients.slm}")
-    if config.method != "crosslm" and config.engine != "in-process":
-        raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
 
 
 def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, progress: Progress) -> RoundLoop:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from crosslm.errors import CrossLMError
+from crosslm.errors import CrossLMError, yaml_line
 
 
 @dataclass(frozen=True)
@@ -158,17 +158,5 @@ def _problem(item: dict) -> str:
 
 def _where(path: Path, text: str, loc: tuple) -> str:
     """``file:line`` of the deepest key of ``loc`` the YAML has (the file alone if it has none)."""
-    node = yaml.compose(text)
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if pair is None:
-                break
-            line, node = pair[0].start_mark.line + 1, pair[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
+    line = yaml_line(yaml.compose(text), loc)
     return f"{path}:{line}" if line is not None else str(path)

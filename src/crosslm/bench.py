@@ -1,0 +1,252 @@
+"""``crosslm bench``: run a matrix of cells, each an ordinary run directory, and aggregate them.
+
+A cell is done when its directory has ``summary.json`` and a ``config.yaml`` equal to the one the
+spec resolves to; done cells are never run again. A cell with the same config but no summary is
+resumed after its last completed round (also when the spec only raised ``rounds``). A cell whose
+stored config differs is left alone and reported, unless ``rerun_changed`` says to start it again.
+Besides the run directory, the runner keeps ``bench.json`` (wall seconds over all attempts) and,
+after a failure, ``bench-error.txt`` in the cell's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from crosslm.bench_estimate import estimate
+from crosslm.bench_results import duration, write_results
+from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
+from crosslm.config import config_from_layers
+from crosslm.errors import CrossLMError
+from crosslm.rundir import Mode, write_atomic
+
+BENCH_FILE = "bench.json"
+ERROR_FILE = "bench-error.txt"
+State = Literal["done", "todo", "resume", "changed", "skip"]
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    detail: str = ""
+    seconds: float | None = None  # measured wall time so far (bench.json)
+
+
+def _diff(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in dict.fromkeys([*old, *new])
+                for d in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
+
+
+def _stored_config(path: Path) -> dict | None:
+    """The cell's stored config with today's defaults filled in; None if it no longer validates."""
+    stored = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    try:
+        return config_from_layers(stored).model_dump()
+    except ValidationError:
+        return None
+
+
+def _measured_seconds(path: Path) -> float | None:
+    bench_file = path / BENCH_FILE
+    return json.loads(bench_file.read_text(encoding="utf-8"))["seconds"] if bench_file.is_file() else None
+
+
+def cell_status(cell: Cell) -> Status:
+    """What the runner will do with this cell, from what its folder holds."""
+    if cell.skip:
+        return Status("skip", cell.skip)
+    note = f"last attempt failed: see {cell.path / ERROR_FILE}" if (cell.path / ERROR_FILE).is_file() else ""
+    seconds = _measured_seconds(cell.path)
+    if not (cell.path / "config.yaml").is_file():
+        return Status("todo", note)
+    stored, new = _stored_config(cell.path), cell.config.model_dump()
+    if stored is None:
+        return Status("changed", "stored config.yaml is not valid for this version of crosslm", seconds)
+    changed = _diff(stored, new)
+    if changed == ["rounds"] and new["rounds"] > stored["rounds"]:
+        return Status("resume", f"rounds {stored['rounds']} -> {new['rounds']}", seconds)
+    if changed:
+        detail = ", ".join(f"{k}: {_get(stored, k)!r} -> {_get(new, k)!r}" for k in changed)
+        return Status("changed", f"stored config differs: {detail}", seconds)
+    if (cell.path / "summary.json").is_file():
+        return Status("done", "", seconds)
+    return Status("resume", note, seconds)
+
+
+def _get(tree: dict, dotted: str) -> object:
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _will_run(status: Status, rerun_changed: bool) -> bool:
+    return status.state in ("todo", "resume") or (status.state == "changed" and rerun_changed)
+
+
+def cell_name(cell: Cell) -> str:
+    return f"{cell.task} / {cell.setting} / {cell.method} / seed {cell.seed}"
+
+
+def estimates(cells: list[Cell], statuses: list[Status]) -> list[tuple[float, str]]:
+    """Per cell (seconds, basis): measured for done cells, else an estimate."""
+    done = [(c, s.seconds) for c, s in zip(cells, statuses, strict=True)
+            if s.state == "done" and s.seconds is not None]
+    out = []
+    for cell, status in zip(cells, statuses, strict=True):
+        if status.state == "done" and status.seconds is not None:
+            out.append((status.seconds, "measured"))
+            continue
+        same_task = [s for c, s in done if (c.task, c.method) == (cell.task, cell.method)]
+        same_setting = [s for c, s in done if (c.task, c.setting, c.method) ==
+                        (cell.task, cell.setting, cell.method)]
+        out.append(estimate(cell.config, same_setting, same_task))
+    return out
+
+
+def dry_run(spec_path: Path, rerun_changed: bool, console: Console) -> None:
+    """Print every cell with its status and (estimated) seconds; loads no model."""
+    spec, cells, statuses = _statuses(spec_path)
+    table = Table(title=f"{spec.name}: {len(cells)} cells under {spec.output_dir}")
+    for column in ("task", "setting", "method", "seed", "status", "seconds", "basis"):
+        table.add_column(column, justify="right" if column in ("seed", "seconds") else "left")
+    total, to_run, notes = 0.0, 0, {}
+    for cell, status, (seconds, basis) in zip(cells, statuses, estimates(cells, statuses), strict=True):
+        runs = _will_run(status, rerun_changed)
+        total, to_run = total + seconds * runs, to_run + runs
+        skip = status.state == "skip"
+        table.add_row(cell.task, cell.setting, cell.method, str(cell.seed), status.state,
+                      "-" if skip else f"{seconds:,.0f}", "" if skip else basis)
+        if status.detail:  # a skip reason once per setting and method, anything else per cell
+            notes[f"{cell.setting} / {cell.method}" if skip else cell_name(cell)] = status.detail
+    console.print(table)
+    console.print("basis: measured wall time (done cells); median of the finished cells with the same "
+                  "method and task (same setting unless said); model: a size model calibrated on the "
+                  "default SST-2 experiment", highlight=False, soft_wrap=True)
+    for where, detail in notes.items():
+        console.print(f"- {where}: {escape(detail)}", highlight=False, soft_wrap=True)
+    counts = {s: sum(st.state == s for st in statuses) for s in ("done", "todo", "resume", "changed", "skip")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False, soft_wrap=True)
+    console.print(f"Estimated time for the {to_run} cells to run: {duration(total)} ({total:,.0f} s); "
+                  "an estimate, not a measurement.", highlight=False, soft_wrap=True)
+    if counts["changed"] and not rerun_changed:
+        console.print("Cells marked 'changed' will not run: pass --rerun-changed to start them again.",
+                      soft_wrap=True)
+
+
+def run_cell(cell: Cell, mode: Mode, progress: Callable[[str], None]) -> str | None:
+    """Run (or resume, or restart) one cell; the error text if it failed."""
+    from crosslm.experiment import run_experiment
+
+    previous = _measured_seconds(cell.path) if mode == "resume" else None
+    (cell.path / ERROR_FILE).unlink(missing_ok=True)
+    if mode == "new":  # a new run needs an empty folder; it holds at most our files of a failed try
+        (cell.path / BENCH_FILE).unlink(missing_ok=True)
+    log: list[str] = []
+
+    def record(message: str) -> None:
+        log.append(message)
+        progress(message)
+
+    start, error = time.perf_counter(), None
+    try:
+        run_experiment(cell.config, mode, record)
+    except CrossLMError as err:
+        error = str(err)
+    except Exception as err:  # a crash in one cell must not stop the matrix; keep the traceback
+        error = f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"
+    cell.path.mkdir(parents=True, exist_ok=True)
+    seconds = time.perf_counter() - start + (previous or 0.0)
+    write_atomic(cell.path / BENCH_FILE, json.dumps({"seconds": round(seconds, 1)}))
+    if error is not None:
+        write_atomic(cell.path / ERROR_FILE, f"{error}\n\nlast progress messages:\n" + "\n".join(log[-20:]))
+    return error
+
+
+def _statuses(spec_path: Path) -> tuple[BenchSpec, list[Cell], list[Status]]:
+    loaded = load_spec(spec_path)
+    cells = expand(loaded)
+    return loaded.spec, cells, [cell_status(c) for c in cells]
+
+
+def run_bench(spec_path: Path, rerun_changed: bool, results: Path | None, command: str,
+              console: Console) -> int:
+    """Run every cell that is not done, then aggregate; the exit code (1: a cell failed or was kept)."""
+    spec, cells, statuses = _statuses(spec_path)
+    jobs = [(c, s) for c, s in zip(cells, statuses, strict=True) if _will_run(s, rerun_changed)]
+    for cell, status in zip(cells, statuses, strict=True):
+        if status.state in ("skip", "changed") and not _will_run(status, rerun_changed):
+            console.print(f"[yellow]{status.state:7}[/] {cell_name(cell)}: {escape(status.detail)}",
+                          highlight=False, soft_wrap=True)
+    console.print(f"{len(cells)} cells: {sum(s.state == 'done' for s in statuses)} done, "
+                  f"{len(jobs)} to run", highlight=False, soft_wrap=True)
+    failed = _run_jobs(jobs, console)
+    kept = [c for c, s in zip(cells, statuses, strict=True) if s.state == "changed" and not rerun_changed]
+    aggregate_only(spec_path, results, command, console)
+    if kept:
+        console.print(f"[yellow]{len(kept)} cells have a stored config that differs from the spec and "
+                      "were left alone (not aggregated): pass --rerun-changed to start them again[/]",
+                      soft_wrap=True)
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed:[/] " + ", ".join(cell_name(c) for c in failed),
+                      soft_wrap=True)
+    return 1 if failed or kept else 0
+
+
+def _run_jobs(jobs: list[tuple[Cell, Status]], console: Console) -> list[Cell]:
+    """Run the cells in order under a progress bar; the cells that failed."""
+    failed = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("cells", total=len(jobs))
+        for cell, status in jobs:
+            name = cell_name(cell)
+            mode: Mode = {"resume": "resume", "changed": "overwrite"}.get(status.state, "new")
+            bar.update(job, description=f"{name}: starting ({mode})")
+            start = time.perf_counter()
+            error = run_cell(cell, mode, lambda message, name=name: bar.update(
+                job, description=f"{name}: {message.strip()}"))
+            if error is None:
+                bar.console.print(f"[green]done[/]    {name} ({time.perf_counter() - start:,.0f} s)",
+                                  highlight=False, soft_wrap=True)
+            else:
+                failed.append(cell)
+                bar.console.print(f"[red]FAILED[/]  {name}: {escape(error.splitlines()[0])} "
+                                  f"(see {cell.path / ERROR_FILE})", highlight=False, soft_wrap=True)
+            bar.advance(job)
+    return failed
+
+
+def aggregate_only(spec_path: Path, results: Path | None, command: str, console: Console) -> None:
+    """Aggregate the done cells into matrix.json, matrix.md and plots."""
+    spec, cells, statuses = _statuses(spec_path)
+    done = [c for c, s in zip(cells, statuses, strict=True) if s.state == "done"]
+    seconds = {c.path: s.seconds for c, s in zip(cells, statuses, strict=True) if s.state == "done"}
+    out = results or Path(spec.output_dir)
+    skipped = [c for c in cells if c.skip]
+    plots = write_results(spec.name, done, seconds, skipped, out, command)
+    console.print(f"aggregated {len(done)} finished cells of {len(cells)}: {out / 'matrix.json'}, "
+                  f"{out / 'matrix.md'} and {len(plots)} plots in {out / 'plots'}",
+                  highlight=False, soft_wrap=True)

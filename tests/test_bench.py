@@ -1,0 +1,352 @@
+"""``crosslm bench``: spec errors, cells and skips, dry run, aggregation, real runs on tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crosslm.bench import cell_status, estimates
+from crosslm.bench_estimate import model_seconds
+from crosslm.bench_results import target_rows
+from crosslm.bench_spec import expand, load_spec
+from crosslm.cli import app
+from crosslm.errors import CrossLMError
+
+HETEROGENEOUS = ["minilm-l6", "minilm-l6", "smollm2-135m", "smollm2-135m"]
+
+
+def _write(path: Path, spec: dict | str) -> Path:
+    path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _spec(**changes) -> dict:
+    spec = {"name": "unit", "output_dir": "out", "tasks": ["sst2"],
+            "base": {"rounds": 2, "clients": {"examples_per_client": 64}},
+            "settings": {"homogeneous": {"clients": {"slm": ["minilm-l6"]}},
+                         "heterogeneous": {"clients": {"slm": HETEROGENEOUS}}},
+            "methods": {"fedavg": {"method": "fedavg"},
+                        "crosslm-dpo": {"method": "crosslm", "feedback": {"strategy": "dpo"},
+                                        "clients": {"examples_per_client": 32}}},
+            "seeds": [0, 1]}
+    return spec | changes
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+# --- spec validation -------------------------------------------------------------------------------
+
+SPEC_WITH_ERRORS = """\
+name: broken
+output_dir: out
+tasks: [sst2]
+methods:
+  ok: {}
+  bad:
+    feedback:
+      strategy: ppo
+"""
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (SPEC_WITH_ERRORS, "spec.yaml:8: methods.bad.feedback.strategy: Input should be"),
+    (SPEC_WITH_ERRORS.replace("ok: {}", "ok: {generation: {topk: 3}}"),
+     "spec.yaml:5: methods.ok.generation.topk: Extra inputs are not permitted"),
+    (SPEC_WITH_ERRORS + "colour: red\n", "spec.yaml:9: colour: Extra inputs are not permitted"),
+    (SPEC_WITH_ERRORS.replace("[sst2]", "[sst2, no-such-task]"), "spec.yaml:3: tasks.1: unknown task"),
+    (SPEC_WITH_ERRORS.replace("[sst2]", "[sst2, sst2]"), "spec.yaml:3: tasks.1: task 'sst2' is listed twice"),
+    (SPEC_WITH_ERRORS.replace("  ok: {}", "  ok: {seed: 4}"), "spec.yaml:5: methods.ok.seed: set per cell"),
+    (SPEC_WITH_ERRORS.replace("  ok:", "  not ok:"), "spec.yaml:5: methods.not ok.[key]: String should"),
+    (SPEC_WITH_ERRORS.replace("output_dir: out\n", ""), "spec.yaml:1: output_dir: Field required"),
+    (SPEC_WITH_ERRORS + "seeds: [1, 2, 1]\n", "spec.yaml:9: seeds.2: seed 1 is listed twice"),
+    (SPEC_WITH_ERRORS + "base: {engine: flower}\n", "spec.yaml:9: base.engine: bench runs cells on this"),
+    ("- just a list\n", "spec.yaml: the top level must be a mapping"),
+])
+def test_spec_errors_name_file_field_and_line(tmp_path, text, expected):
+    spec = _write(tmp_path / "spec.yaml", text)
+    with pytest.raises(CrossLMError) as caught:
+        expand(load_spec(spec))
+    assert expected in str(caught.value).replace(str(tmp_path) + "/", "")
+
+
+def test_a_bad_spec_stops_the_command_cleanly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "spec.yaml", SPEC_WITH_ERRORS)
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 2
+    assert "error: spec.yaml:8: methods.bad.feedback.strategy" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+# --- cells ----------------------------------------------------------------------------------------
+
+def test_cells_merge_base_setting_method_and_cell_in_order(tmp_path):
+    cells = expand(load_spec(_write(tmp_path / "spec.yaml", _spec())))
+    assert [(c.setting, c.method, c.seed) for c in cells] == [
+        (s, m, seed) for s in ("homogeneous", "heterogeneous") for m in ("fedavg", "crosslm-dpo")
+        for seed in (0, 1)]
+    dpo = next(c for c in cells if (c.setting, c.method, c.seed) == ("heterogeneous", "crosslm-dpo", 1))
+    assert dpo.config.rounds == 2  # base
+    assert dpo.config.clients.slm == HETEROGENEOUS  # setting
+    assert dpo.config.clients.examples_per_client == 32  # the method wins over base
+    assert dpo.config.clients.num_clients == 4  # defaults fill the rest of a section
+    assert (dpo.config.feedback.strategy, dpo.config.seed, dpo.config.task) == ("dpo", 1, "sst2")
+    assert dpo.path == Path("out/sst2/heterogeneous/crosslm-dpo/seed-1")
+
+
+def test_fedavg_with_two_slm_names_is_skipped_with_the_reason(tmp_path):
+    cells = expand(load_spec(_write(tmp_path / "spec.yaml", _spec())))
+    skipped = {(c.setting, c.method) for c in cells if c.skip}
+    assert skipped == {("heterogeneous", "fedavg")}
+    reason = next(c.skip for c in cells if c.skip)
+    assert "fedavg" in reason and "smollm2-135m" in reason
+    assert all(cell_status(c).state == ("skip" if c.skip else "todo") for c in cells)
+
+
+# --- estimates and dry run ------------------------------------------------------------------------
+
+def test_size_model_grows_with_the_work_a_method_does(tmp_path):
+    spec = _spec(methods={"crosslm": {}, "zero-shot": {"method": "llm-zero-shot"}})
+    base = {c.method: c.config for c in expand(load_spec(_write(tmp_path / "a.yaml", spec)))}
+    more = _spec(methods=spec["methods"], base={"rounds": 4, "clients": {"examples_per_client": 128}})
+    bigger = {c.method: c.config for c in expand(load_spec(_write(tmp_path / "b.yaml", more)))}
+    assert model_seconds(bigger["crosslm"]) > model_seconds(base["crosslm"])
+    # the LLM alone neither trains SLMs nor runs rounds
+    assert model_seconds(bigger["zero-shot"]) == model_seconds(base["zero-shot"])
+    assert model_seconds(base["zero-shot"]) < model_seconds(base["crosslm"])
+
+
+def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, monkeypatch, shared_data):
+    monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "spec.yaml", _spec())
+    result = _invoke("bench", "spec.yaml", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count(" todo ") == 6 and result.output.count(" skip ") == 2
+    assert "6 todo, 2 skip" in result.output
+    assert "method fedavg averages weights" in result.output
+    assert "Estimated time for the 6 cells to run" in result.output and "an estimate" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+def _row(method: str, **figures) -> dict:
+    return {"task": "sst2", "setting": "s", "method": method, "slm_acc_mean": None, "llm_acc_mean": None,
+            "wikitext2_ppl": None, "arc_easy_acc": None, **figures}
+
+
+def test_targets_compare_every_crosslm_method_with_its_reference():
+    rows = [_row("ours", slm_acc_mean=0.74, llm_acc_mean=0.80, wikitext2_ppl=20.5, arc_easy_acc=0.50),
+            _row("local", slm_acc_mean=0.70), _row("zs", llm_acc_mean=0.70, wikitext2_ppl=20.0,
+                                                       arc_easy_acc=0.50)]
+    kinds = {"ours": "crosslm", "local": "local-only", "zs": "llm-zero-shot"}
+    status = {r[3]: (r[6], r[5]) for r in target_rows(rows, kinds)}
+    assert status["SLM acc >= local-only + 3 pts"] == ("met", "70.0")
+    assert status["SLM acc > synthetic-no-feedback"] == ("n/a", "no synthetic-no-feedback result")
+    assert status["LLM acc >= llm-zero-shot + 15 pts"][0] == "MISSED"
+    assert status["WikiText-2 ppl <= 1.03 x llm-zero-shot"][0] == "met"
+    assert status["ARC-Easy >= llm-zero-shot - 1 pt"][0] == "met"
+
+
+# --- end to end on tiny models --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_bench(tmp_path_factory, tiny_causal_dir, tiny_encoder_dir, shared_data) -> Path:
+    """A workspace (spec.yaml, out/) after a real ``crosslm bench``: sst2, 1 setting, 4 methods, 2 seeds."""
+    workspace = tmp_path_factory.mktemp("bench")
+    base = {
+        "rounds": 1,
+        "clients": {"num_clients": 2, "examples_per_client": 24, "validation_per_client": 8,
+                    "slm": [str(tiny_encoder_dir)], "lora_rank": 2,
+                    "local_training": {"lr": 1e-3, "epochs": 2}, "round_training": {"epochs": 1}},
+        "server": {"llm": str(tiny_causal_dir), "lora_rank": 2, "classifier_training": {"epochs": 1}},
+        "generation": {"samples_per_label": 6, "max_new_tokens": 12, "min_words": 1},
+        "selection": {"threshold": 0.0, "top_fraction": 1.0},
+        "feedback": {"threshold": 0.0},
+        "evaluation": {"slm_test_size": 32, "llm_test_size": 32, "wikitext_tokens": 128,
+                       "arc_easy_questions": 4},
+    }
+    _write(workspace / "spec.yaml", {
+        "name": "tiny", "output_dir": "out", "base": base, "tasks": ["sst2"], "settings": {"tiny": {}},
+        "methods": {"sft": {"feedback": {"strategy": "filtered-sft"}},
+                    "dpo": {"feedback": {"strategy": "dpo"}},
+                    "local": {"method": "local-only"}, "zero-shot": {"method": "llm-zero-shot"}},
+        "seeds": [0, 1]})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+        patch.chdir(workspace)
+        result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 0, result.output
+    return workspace
+
+
+@pytest.fixture
+def workspace(finished_bench, tmp_path, monkeypatch, shared_data) -> Path:
+    """A private copy of the finished bench, as the working directory."""
+    copy = tmp_path / "workspace"
+    shutil.copytree(finished_bench, copy)
+    monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+    monkeypatch.chdir(copy)
+    return copy
+
+
+def _cells(workspace: Path) -> list[Path]:
+    return sorted((workspace / "out" / "sst2" / "tiny").glob("*/seed-*"))
+
+
+def _mtimes(workspace: Path, name: str) -> dict[Path, int]:
+    return {cell: (cell / name).stat().st_mtime_ns for cell in _cells(workspace)}
+
+
+def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
+    cells = _cells(workspace)
+    assert [c.relative_to(workspace / "out/sst2/tiny").as_posix() for c in cells] == [
+        f"{method}/seed-{seed}" for method in ("dpo", "local", "sft", "zero-shot") for seed in (0, 1)]
+    for cell in cells:
+        files = {p.name for p in cell.iterdir()}
+        assert {"config.yaml", "metrics.jsonl", "summary.json", "bench.json"} <= files
+        assert json.loads((cell / "bench.json").read_text())["seconds"] > 0
+    rows = json.loads((workspace / "out" / "matrix.json").read_text())
+    assert [(r["task"], r["setting"], r["method"], r["seeds"]) for r in rows] == [
+        ("sst2", "tiny", method, [0, 1]) for method in ("sft", "dpo", "local", "zero-shot")]
+    for row in rows:
+        summaries = [json.loads((workspace / f"out/sst2/tiny/{row['method']}/seed-{s}/summary.json")
+                                .read_text()) for s in (0, 1)]
+        for key in ("slm_acc", "llm_acc"):
+            values = [s[key] for s in summaries]
+            expected = ((None, None) if None in values else
+                        (pytest.approx(statistics.mean(values)), pytest.approx(statistics.stdev(values))))
+            assert (row[f"{key}_mean"], row[f"{key}_std"]) == expected
+        assert row["seconds_mean"] > 0
+    rows = {r["method"]: r for r in rows}
+    assert rows["dpo"]["bytes_per_client_per_round"] > 0
+    assert rows["local"]["bytes_per_client_per_round"] is None
+    assert rows["local"]["llm_acc_mean"] is None and rows["zero-shot"]["slm_acc_mean"] is None
+    assert rows["zero-shot"]["wikitext2_ppl"] > 0
+    markdown = (workspace / "out" / "matrix.md").read_text()
+    assert "## sst2" in markdown and "| tiny | dpo | 0,1 |" in markdown
+    targets = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| sst2 | tiny | ")]
+    status = {(row[2], row[3]): row[6].rstrip(" |") for row in targets}
+    assert len(status) == 10  # 5 targets for each crosslm method
+    assert status[("sft", "SLM acc >= local-only + 3 pts")] in ("met", "MISSED")
+    assert status[("dpo", "LLM acc >= llm-zero-shot + 15 pts")] in ("met", "MISSED")
+    assert status[("dpo", "SLM acc > synthetic-no-feedback")] == "n/a"
+    assert "command: `crosslm bench spec.yaml`" in markdown and "cores, torch" in markdown
+    for kind in ("accuracy", "synthetic", "communication"):
+        assert (workspace / "out" / "plots" / f"sst2-tiny-{kind}.png").stat().st_size > 0
+        assert f"plots/sst2-tiny-{kind}.png" in markdown
+
+
+def test_a_second_run_skips_every_done_cell(workspace):
+    before = _mtimes(workspace, "summary.json")
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 0, result.output
+    assert "8 cells: 8 done, 0 to run" in result.output
+    assert _mtimes(workspace, "summary.json") == before
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.output.count(" done ") == 8 and "measured" in dry.output
+
+
+def test_a_partly_run_cell_resumes_and_keeps_its_finished_rounds(workspace):
+    cell = workspace / "out/sst2/tiny/sft/seed-1"
+    (cell / "summary.json").unlink()  # as if the run had died during round 1
+    (cell / "progress.json").write_text(json.dumps({"completed_round": 0}))
+    round_zero = {p: p.stat().st_mtime_ns for p in (cell / "rounds" / "000").rglob("*") if p.is_file()}
+    others = {c: (c / "summary.json").stat().st_mtime_ns for c in _cells(workspace) if c != cell}
+    statuses = {c.path: cell_status(c).state for c in expand(load_spec("spec.yaml"))}
+    assert statuses[Path("out/sst2/tiny/sft/seed-1")] == "resume"
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 0, result.output
+    assert "1 to run" in result.output
+    assert {p: p.stat().st_mtime_ns for p in round_zero} == round_zero
+    metrics = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics if m["phase"] == "C1-fit"] == [0, 1]
+    assert (cell / "summary.json").is_file()
+    assert {c: (c / "summary.json").stat().st_mtime_ns for c in _cells(workspace) if c != cell} == others
+
+
+def test_raising_rounds_continues_the_done_cells(workspace):
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["base"]["rounds"] = 2
+    _write(Path("spec.yaml"), spec)
+    cell = workspace / "out/sst2/tiny/dpo/seed-0"
+    round_one = {p: p.stat().st_mtime_ns for p in (cell / "rounds" / "001").rglob("*") if p.is_file()}
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.output.count(" resume ") == 8 and "rounds 1 -> 2" in dry.output
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics if m["phase"] == "C1-fit"] == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in round_one} == round_one
+    assert json.loads((cell / "summary.json").read_text())["rounds"] == 2
+
+
+def test_a_changed_cell_is_reported_and_rerun_only_when_asked(workspace):
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["methods"]["dpo"]["feedback"]["dpo_beta"] = 0.2
+    _write(Path("spec.yaml"), spec)
+    before = _mtimes(workspace, "summary.json")
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.output.count(" changed ") == 2 and "feedback.dpo_beta: 0.1 -> 0.2" in dry.output
+    kept = _invoke("bench", "spec.yaml", "--results", "kept")
+    assert kept.exit_code == 1
+    assert "2 cells have a stored config that differs" in kept.output
+    assert _mtimes(workspace, "summary.json") == before
+    assert [r["method"] for r in json.loads(Path("kept/matrix.json").read_text())] == [
+        "sft", "local", "zero-shot"]
+    rerun = _invoke("bench", "spec.yaml", "--rerun-changed")
+    assert rerun.exit_code == 0, rerun.output
+    after = _mtimes(workspace, "summary.json")
+    assert {c.parent.name for c in after if after[c] != before[c]} == {"dpo"}
+    assert yaml.safe_load((workspace / "out/sst2/tiny/dpo/seed-0/config.yaml").read_text())[
+        "feedback"]["dpo_beta"] == 0.2
+
+
+def test_aggregate_only_writes_results_where_asked_and_runs_nothing(workspace):
+    (workspace / "out/sst2/tiny/sft/seed-0/summary.json").unlink()
+    result = _invoke("bench", "spec.yaml", "--aggregate-only", "--results", "elsewhere")
+    assert result.exit_code == 0, result.output
+    assert not (workspace / "out/sst2/tiny/sft/seed-0/summary.json").exists()
+    rows = {r["method"]: r for r in json.loads(Path("elsewhere/matrix.json").read_text())}
+    assert rows["sft"]["seeds"] == [1] and rows["sft"]["slm_acc_std"] is None
+    assert rows["dpo"]["seeds"] == [0, 1]
+    assert (workspace / "elsewhere" / "matrix.md").is_file()
+
+
+def test_a_failing_cell_is_recorded_and_the_next_one_still_runs(tmp_path, monkeypatch, shared_data):
+    monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "spec.yaml", {
+        "name": "failing", "output_dir": "out", "tasks": ["sst2"],
+        "methods": {"too-big": {"clients": {"examples_per_client": 100000}},
+                    "no-model": {"clients": {"slm": ["no-such-model"]}}}})
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 1
+    assert "2 cells failed" in result.output
+    cells = tmp_path / "out" / "sst2" / "default"
+    assert "training pool has only" in (cells / "too-big/seed-0/bench-error.txt").read_text()
+    assert "unknown model 'no-such-model'" in (cells / "no-model/seed-0/bench-error.txt").read_text()
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert "last attempt failed" in dry.output and dry.output.count(" todo ") == 2
+
+
+def test_estimates_use_the_median_of_measured_cells(workspace):
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["seeds"] = [0, 1, 2]
+    _write(Path("spec.yaml"), spec)
+    cells = expand(load_spec("spec.yaml"))
+    statuses = [cell_status(c) for c in cells]
+    by_cell = dict(zip([(c.method, c.seed) for c in cells], estimates(cells, statuses), strict=True))
+    measured = [json.loads((workspace / f"out/sst2/tiny/sft/seed-{s}/bench.json").read_text())["seconds"]
+                for s in (0, 1)]
+    assert by_cell[("sft", 2)] == (pytest.approx(statistics.median(measured)), "median of 2")
+    assert by_cell[("sft", 0)] == (measured[0], "measured")
