@@ -13,10 +13,13 @@ import random
 
 import torch
 
+from crosslm.config import ExperimentConfig
 from crosslm.models.classifier import TextClassifier
 from crosslm.models.training import accuracy
 from crosslm.protocol import AverageIns, AverageRes, pack_weights, unpack_weights
-from crosslm.rounds import RoundLoop
+from crosslm.rounds import Progress, RoundLoop
+from crosslm.rundir import RunDir
+from crosslm.runtime.base import Federation
 from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example, TaskSpec
 
@@ -53,8 +56,9 @@ class FedAvgLoop(RoundLoop):
     the global model's test accuracy is logged as ``E-slm-global``.
     """
 
-    def __init__(self, loop: RoundLoop, model: TextClassifier, test: list[Example]) -> None:
-        super().__init__(loop.config, None, loop.federation, loop.run, [], None, loop.progress)
+    def __init__(self, config: ExperimentConfig, federation: Federation, run: RunDir,
+                 model: TextClassifier, test: list[Example], progress: Progress) -> None:
+        super().__init__(config, None, federation, run, [], None, progress)
         self.model, self.test = model, test
 
     @property

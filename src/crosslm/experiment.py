@@ -82,13 +82,12 @@ def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, prog
     server = build_server(config, data.task) if config.method in SERVER_METHODS else None
     federation = (build_federation(config, data, run.path, progress)
                   if config.method in CLIENT_METHODS else None)
+    if config.method == "fedavg":  # one global SLM, initialised once, as every client's start
+        model = build_classifier(config.clients.slm[0], data.task, config.clients.lora_rank, config.seed)
+        slm_test = data.test[:config.evaluation.slm_test_size]
+        return FedAvgLoop(config, federation, run, model, slm_test, progress)
     llm_test = data.test[:config.evaluation.llm_test_size]
-    loop = RoundLoop(config, server, federation, run, llm_test, data.data_dir, progress)
-    if config.method == "fedavg":
-        slm = config.clients.slm[0]
-        model = build_classifier(slm, data.task, config.clients.lora_rank, config.seed)
-        return FedAvgLoop(loop, model, data.test[:config.evaluation.slm_test_size])
-    return loop
+    return RoundLoop(config, server, federation, run, llm_test, data.data_dir, progress)
 
 
 def run_experiment(config: ExperimentConfig, mode: Mode = "new",
