@@ -106,7 +106,7 @@ def summary_table(summary: dict) -> Table:
         table.add_row("SLM mean", "test accuracy", _fmt(summary["slm_acc_local_only_mean"]),
                       _fmt(summary["slm_acc"]))
     if "llm_acc_zero_shot" in summary:
-        table.add_row("LLM", "task accuracy (before: zero-shot, best of raw/calibrated)",
+        table.add_row("LLM", "task accuracy (before: zero-shot, best of raw/calibrated; after: raw)",
                       _fmt(summary["llm_acc_zero_shot"]), _fmt(summary["llm_acc"]))
     if summary.get("wikitext2_ppl") is not None:
         table.add_row("LLM", "WikiText-2 perplexity (lower is better)",
