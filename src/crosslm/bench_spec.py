@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from crosslm.config import ExperimentConfig, check_method, merge_sections
-from crosslm.errors import CrossLMError, yaml_line
+from crosslm.errors import CrossLMError, read_yaml, yaml_line
 from crosslm.tasks.spec import load_task
 
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -85,16 +85,8 @@ def _pydantic_errors(err: ValidationError) -> list[tuple[tuple, str]]:
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read and validate a spec file (its cells are checked by :func:`expand`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise CrossLMError(f"bench spec not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise CrossLMError(f"{path}: not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CrossLMError(f"cannot read bench spec {path}: {err}") from None
+    text, raw = read_yaml(path, "bench spec")
+    root = yaml.compose(text)
     if not isinstance(raw, dict):
         raise CrossLMError(f"{path}: the top level must be a mapping (name, output_dir, tasks, ...)")
     try:

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crosslm.errors import CrossLMError
+from crosslm.errors import CrossLMError, read_yaml
 
 
 class _Section(BaseModel):
@@ -180,14 +180,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise CrossLMError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise CrossLMError(f"{path}: not valid YAML: {err}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise CrossLMError(f"cannot read config file {path}: {err}") from None
+        raw = read_yaml(Path(path), "config file")[1] or {}
         if not isinstance(raw, dict):
             raise CrossLMError(f"{path}: the top level must be a mapping of settings")
     for assignment in overrides:

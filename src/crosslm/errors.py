@@ -3,11 +3,26 @@ a YAML file the input went wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 
 class CrossLMError(Exception):
     """Bad input or an impossible request, with a message that names what to fix."""
+
+
+def read_yaml(path: Path, what: str) -> tuple[str, object]:
+    """(text, parsed YAML) of a user's file, or a CrossLMError naming ``what`` and the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
+    except FileNotFoundError:
+        raise CrossLMError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise CrossLMError(f"{path}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CrossLMError(f"cannot read {what} {path}: {err}") from None
 
 
 def yaml_line(root: yaml.Node, loc: tuple) -> int | None:
