@@ -274,6 +274,25 @@ def test_a_partly_run_cell_resumes_and_keeps_its_finished_rounds(workspace):
     assert {c: (c / "summary.json").stat().st_mtime_ns for c in _cells(workspace) if c != cell} == others
 
 
+def test_only_runs_and_lists_the_cells_matching_its_patterns(workspace):
+    for cell in ("sft/seed-0", "dpo/seed-1"):  # as if both had died in round 1
+        (workspace / "out/sst2/tiny" / cell / "summary.json").unlink()
+    dry = _invoke("bench", "spec.yaml", "--dry-run", "--only", "*/sft/*", "--only", "*/local/seed-1")
+    assert dry.exit_code == 0, dry.output
+    assert "3 of 8 cells" in dry.output and "2 done, 1 resume" in dry.output
+    assert " dpo " not in dry.output
+    result = _invoke("bench", "spec.yaml", "--only", "sst2/tiny/sft/*")
+    assert result.exit_code == 0, result.output
+    assert "2 cells: 1 done, 1 to run" in result.output
+    assert (workspace / "out/sst2/tiny/sft/seed-0/summary.json").is_file()
+    assert not (workspace / "out/sst2/tiny/dpo/seed-1/summary.json").exists()
+    assert "aggregated 7 finished cells of 8" in result.output
+    wrong = _invoke("bench", "spec.yaml", "--only", "sst2/sft/*")
+    assert wrong.exit_code == 2
+    assert "--only 'sst2/sft/*' matches no cell" in wrong.output
+    assert "e.g. 'sst2/tiny/sft/seed-0'" in wrong.output
+
+
 def test_raising_rounds_continues_the_done_cells(workspace):
     spec = yaml.safe_load(Path("spec.yaml").read_text())
     spec["base"]["rounds"] = 2

@@ -10,6 +10,7 @@ after a failure, ``bench-error.txt`` in the cell's folder.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
 import traceback
@@ -109,6 +110,22 @@ def cell_name(cell: Cell) -> str:
     return f"{cell.task} / {cell.setting} / {cell.method} / seed {cell.seed}"
 
 
+def cell_key(cell: Cell) -> str:
+    """What ``--only`` patterns match: ``task/setting/method/seed-N``, the cell's folder."""
+    return f"{cell.task}/{cell.setting}/{cell.method}/seed-{cell.seed}"
+
+
+def selected(cells: list[Cell], only: list[str]) -> list[bool]:
+    """Per cell, whether it matches one of the glob patterns ``only`` (every cell when it is empty)."""
+    if not only:
+        return [True] * len(cells)
+    unmatched = [p for p in only if not any(fnmatch.fnmatchcase(cell_key(c), p) for c in cells)]
+    if unmatched:
+        raise CrossLMError(f"--only {unmatched[0]!r} matches no cell; cells are named task/setting/"
+                           f"method/seed-N, e.g. {cell_key(cells[0])!r}")
+    return [any(fnmatch.fnmatchcase(cell_key(c), p) for p in only) for c in cells]
+
+
 def estimates(cells: list[Cell], statuses: list[Status]) -> list[tuple[float, str]]:
     """Per cell (seconds, basis): measured for done cells, else an estimate."""
     done = [(c, s.seconds) for c, s in zip(cells, statuses, strict=True)
@@ -125,14 +142,17 @@ def estimates(cells: list[Cell], statuses: list[Status]) -> list[tuple[float, st
     return out
 
 
-def dry_run(spec_path: Path, rerun_changed: bool, console: Console) -> None:
-    """Print every cell with its status and (estimated) seconds; loads no model."""
+def dry_run(spec_path: Path, rerun_changed: bool, only: list[str], console: Console) -> None:
+    """Print every (selected) cell with its status and (estimated) seconds; loads no model."""
     spec, cells, statuses = _statuses(spec_path)
-    table = Table(title=f"{spec.name}: {len(cells)} cells under {spec.output_dir}")
+    rows = [row for row, keep in zip(zip(cells, statuses, estimates(cells, statuses), strict=True),
+                                     selected(cells, only), strict=True) if keep]
+    shown = f"{len(rows)} of {len(cells)}" if len(rows) < len(cells) else f"{len(cells)}"
+    table = Table(title=f"{spec.name}: {shown} cells under {spec.output_dir}")
     for column in ("task", "setting", "method", "seed", "status", "seconds", "basis"):
         table.add_column(column, justify="right" if column in ("seed", "seconds") else "left")
     total, to_run, notes = 0.0, 0, {}
-    for cell, status, (seconds, basis) in zip(cells, statuses, estimates(cells, statuses), strict=True):
+    for cell, status, (seconds, basis) in rows:
         runs = _will_run(status, rerun_changed)
         total, to_run = total + seconds * runs, to_run + runs
         skip = status.state == "skip"
@@ -146,7 +166,8 @@ def dry_run(spec_path: Path, rerun_changed: bool, console: Console) -> None:
                   "default SST-2 experiment", highlight=False, soft_wrap=True)
     for where, detail in notes.items():
         console.print(f"- {where}: {escape(detail)}", highlight=False, soft_wrap=True)
-    counts = {s: sum(st.state == s for st in statuses) for s in ("done", "todo", "resume", "changed", "skip")}
+    counts = {state: sum(status.state == state for _, status, _ in rows)
+              for state in ("done", "todo", "resume", "changed", "skip")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False, soft_wrap=True)
     console.print(f"Estimated time for the {to_run} cells to run: {duration(total)} ({total:,.0f} s); "
                   "an estimate, not a measurement.", highlight=False, soft_wrap=True)
@@ -190,10 +211,14 @@ def _statuses(spec_path: Path) -> tuple[BenchSpec, list[Cell], list[Status]]:
     return loaded.spec, cells, [cell_status(c) for c in cells]
 
 
-def run_bench(spec_path: Path, rerun_changed: bool, results: Path | None, command: str,
-              console: Console) -> int:
-    """Run every cell that is not done, then aggregate; the exit code (1: a cell failed or was kept)."""
+def run_bench(spec_path: Path, rerun_changed: bool, only: list[str], results: Path | None,
+              command: str, console: Console) -> int:
+    """Run every (selected) cell that is not done, then aggregate all done cells; the exit code
+    (1: a cell failed or was kept)."""
     spec, cells, statuses = _statuses(spec_path)
+    keep = selected(cells, only)
+    cells = [c for c, k in zip(cells, keep, strict=True) if k]
+    statuses = [s for s, k in zip(statuses, keep, strict=True) if k]
     jobs = [(c, s) for c, s in zip(cells, statuses, strict=True) if _will_run(s, rerun_changed)]
     for cell, status in zip(cells, statuses, strict=True):
         if status.state in ("skip", "changed") and not _will_run(status, rerun_changed):

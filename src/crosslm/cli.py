@@ -166,21 +166,29 @@ def bench(
                                                 "stored config differs from the spec")] = False,
     results: Annotated[Path | None, typer.Option(help="folder for matrix.json, matrix.md and plots "
                                                  "(default: the spec's output_dir)")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="run (or list) only the cells whose "
+                                                   "task/setting/method/seed-N matches this glob, "
+                                                   "e.g. 'sst2/*/*/seed-0'; repeatable")] = None,
 ) -> None:
     """Run every cell of a benchmark matrix that is not done yet, then aggregate the results."""
     from crosslm import bench as runner
 
     if dry_run and aggregate_only:
         _fail(CrossLMError("--dry-run and --aggregate-only exclude each other"))
+    if only and aggregate_only:
+        _fail(CrossLMError("--only selects cells to run; --aggregate-only runs none and aggregates "
+                           "every finished cell"))
+    only = only or []
     command = " ".join(["crosslm bench", str(spec), *(["--rerun-changed"] if rerun_changed else []),
+                        *(f"--only '{pattern}'" for pattern in only),
                         *(["--results", str(results)] if results else []),
                         *(["--aggregate-only"] if aggregate_only else [])])
     try:
         if dry_run:
-            runner.dry_run(spec, rerun_changed, console)
+            runner.dry_run(spec, rerun_changed, only, console)
         elif aggregate_only:
             runner.aggregate_only(spec, results, command, console)
-        elif runner.run_bench(spec, rerun_changed, results, command, console):
+        elif runner.run_bench(spec, rerun_changed, only, results, command, console):
             raise typer.Exit(1)
     except CrossLMError as err:
         _fail(err)
