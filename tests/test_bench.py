@@ -246,6 +246,32 @@ def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
         assert f"plots/sst2-tiny-{kind}.png" in markdown
 
 
+def _untimed(record: object) -> object:
+    """A metrics record without the wall-clock figures, which differ from run to run (so do the
+    message sizes by a byte or two: replies carry the client's seconds)."""
+    if isinstance(record, dict):
+        return {k: _untimed(v) for k, v in record.items() if not k.endswith("seconds") and k != "bytes"}
+    return [_untimed(v) for v in record] if isinstance(record, list) else record
+
+
+def _metrics(cell: Path) -> list:
+    return [_untimed(json.loads(line)) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_crosslm_cells_share_round_zero_and_end_as_a_run_from_scratch(workspace):
+    shared = sorted((workspace / "out/shared-round-zero/sst2/tiny").iterdir())
+    assert [p.name.rsplit("-", 1)[0] for p in shared] == ["seed-0", "seed-1"]
+    assert all((p / "summary.json").is_file() for p in shared)
+    sft, dpo = (_metrics(workspace / f"out/sst2/tiny/{m}/seed-0") for m in ("sft", "dpo"))
+    round_zero = [r for r in sft if r["round"] == 0]
+    assert round_zero and round_zero == [r for r in dpo if r["round"] == 0]
+    config = yaml.safe_load(Path("out/sst2/tiny/dpo/seed-0/config.yaml").read_text())
+    _write(Path("scratch.yaml"), config | {"output_dir": "scratch"})
+    result = _invoke("run", "scratch.yaml")
+    assert result.exit_code == 0, result.output
+    assert _metrics(Path("scratch")) == dpo
+
+
 def test_a_second_run_skips_every_done_cell(workspace):
     before = _mtimes(workspace, "summary.json")
     result = _invoke("bench", "spec.yaml")

@@ -327,7 +327,7 @@ def test_a_long_text_is_still_scored_after_the_end_of_the_prompt(tiny_causal_dir
 
 @pytest.fixture
 def llm(tiny_causal_dir, task) -> ServerLLM:
-    return ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+    return ServerLLM(str(tiny_causal_dir), task, lora_rank=4, seed=0)
 
 
 def randomise(llm: ServerLLM, adapter: str, seed: int) -> None:
@@ -377,7 +377,7 @@ def test_save_and_load_adapters(llm, task, tiny_causal_dir, tmp_path):
     texts = ["a fine film", "a dull film"]
     prompt = task.generation_prompt(1, [])
 
-    other = ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+    other = ServerLLM(str(tiny_causal_dir), task, lora_rank=4, seed=0)
     other.load_adapters(tmp_path / "adapters")
     assert same_state(llm.generator.state(), other.generator.state())
     assert same_state(llm.classifier.trainable_state(), other.classifier.trainable_state())
@@ -476,7 +476,7 @@ def test_the_kl_regulariser_keeps_the_llm_closer_to_its_base(tiny_causal_dir, ta
              [("a fine film .", 1), ("a dull movie .", 0), ("great fun .", 1), ("so boring .", 0)]]
     drift = {}
     for weight in (0.0, 5.0):
-        llm = ServerLLM(str(tiny_causal_dir), task, lora_rank=4)
+        llm = ServerLLM(str(tiny_causal_dir), task, lora_rank=4, seed=0)
         regulariser = (lambda texts, llm=llm, w=weight: w * llm.kl_to_base(texts, 4)) if weight else None
         train_classifier(llm.classifier, items, lr=5e-2, epochs=5, batch_size=4, seed=0,
                          regularizer=regulariser)

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from crosslm.bench_estimate import estimate
 from crosslm.bench_results import duration, write_results
+from crosslm.bench_share import shared_round_zero, start_from_shared_round_zero
 from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
 from crosslm.config import config_from_layers
 from crosslm.errors import CrossLMError
@@ -176,8 +177,9 @@ def dry_run(spec_path: Path, rerun_changed: bool, only: list[str], console: Cons
                       soft_wrap=True)
 
 
-def run_cell(cell: Cell, mode: Mode, progress: Callable[[str], None]) -> str | None:
-    """Run (or resume, or restart) one cell; the error text if it failed."""
+def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str], None]) -> str | None:
+    """Run (or resume, or restart) one cell; the error text if it failed. A new cell starts from
+    the shared round 0 when it has one (bench_share)."""
     from crosslm.experiment import run_experiment
 
     previous = _measured_seconds(cell.path) if mode == "resume" else None
@@ -192,6 +194,9 @@ def run_cell(cell: Cell, mode: Mode, progress: Callable[[str], None]) -> str | N
 
     start, error = time.perf_counter(), None
     try:
+        if mode == "new" and (shared := shared_round_zero(cell, output_dir)) is not None:
+            start_from_shared_round_zero(cell, shared, record)
+            mode = "resume"
         run_experiment(cell.config, mode, record)
     except CrossLMError as err:
         error = str(err)
@@ -226,7 +231,7 @@ def run_bench(spec_path: Path, rerun_changed: bool, only: list[str], results: Pa
                           highlight=False, soft_wrap=True)
     console.print(f"{len(cells)} cells: {sum(s.state == 'done' for s in statuses)} done, "
                   f"{len(jobs)} to run", highlight=False, soft_wrap=True)
-    failed = _run_jobs(jobs, console)
+    failed = _run_jobs(jobs, Path(spec.output_dir), console)
     kept = [c for c, s in zip(cells, statuses, strict=True) if s.state == "changed" and not rerun_changed]
     aggregate_only(spec_path, results, command, console)
     if kept:
@@ -239,7 +244,7 @@ def run_bench(spec_path: Path, rerun_changed: bool, only: list[str], results: Pa
     return 1 if failed or kept else 0
 
 
-def _run_jobs(jobs: list[tuple[Cell, Status]], console: Console) -> list[Cell]:
+def _run_jobs(jobs: list[tuple[Cell, Status]], output_dir: Path, console: Console) -> list[Cell]:
     """Run the cells in order under a progress bar; the cells that failed."""
     failed = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -251,7 +256,7 @@ def _run_jobs(jobs: list[tuple[Cell, Status]], console: Console) -> list[Cell]:
             mode: Mode = {"resume": "resume", "changed": "overwrite"}.get(status.state, "new")
             bar.update(job, description=f"{name}: starting ({mode})")
             start = time.perf_counter()
-            error = run_cell(cell, mode, lambda message, name=name: bar.update(
+            error = run_cell(cell, mode, output_dir, lambda message, name=name: bar.update(
                 job, description=f"{name}: {message.strip()}"))
             if error is None:
                 bar.console.print(f"[green]done[/]    {name} ({time.perf_counter() - start:,.0f} s)",

@@ -73,7 +73,7 @@ def build_federation(config: ExperimentConfig, data: ExperimentData, run_dir: Pa
 def build_server(config: ExperimentConfig, task: TaskSpec) -> Server:
     if config.method == "llm-few-shot":
         task = few_shot_task(task, config.evaluation.few_shot_per_label, config.seed)
-    llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.server.dtype)
+    llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.seed, config.server.dtype)
     return Server(config, task, llm)
 
 

@@ -25,8 +25,9 @@ GENERATOR, CLASSIFIER = "generator", "classifier"
 
 
 class ServerLLM:
-    def __init__(self, model_name: str, task: TaskSpec, lora_rank: int, dtype: str = "auto"):
+    def __init__(self, model_name: str, task: TaskSpec, lora_rank: int, seed: int, dtype: str = "auto"):
         base, self.tokenizer = load_causal_lm(model_name, dtype)
+        torch.manual_seed(seed)  # the adapters' initial weights
         self.model = get_peft_model(base, lora_config(lora_rank), adapter_name=CLASSIFIER)
         self.model.add_adapter(GENERATOR, lora_config(lora_rank))
         self.classifier = VerbalizerClassifier(self.model, self.tokenizer, task, adapter=CLASSIFIER)

@@ -62,6 +62,7 @@ def train_classifier(
     adds a loss on each batch's texts (the LLM's KL to its base model).
     """
     rng = random.Random(seed)
+    torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
     optimizer = torch.optim.AdamW(classifier.trainable_parameters(), lr=lr)
     best_acc = accuracy(classifier, validation) if validation else float("nan")
     snapshot = lambda: {k: v.detach().clone() for k, v in classifier.trainable_state().items()}  # noqa: E731

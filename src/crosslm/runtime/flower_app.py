@@ -207,15 +207,13 @@ def run_key(run: RunDir) -> str:
 def serve(grid: Grid, config: ExperimentConfig, run: RunDir, task: TaskSpec, test: list[Example],
           data_dir: Path | None, progress: Progress) -> dict:
     """The unchanged round loop, with a FlowerFederation over ``grid``."""
-    from crosslm.models.llm import ServerLLM
+    from crosslm.experiment import build_server
     from crosslm.rounds import RoundLoop
-    from crosslm.server import Server
 
-    llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.server.dtype)
     federation = FlowerFederation(grid, run_key(run), config.clients.reply_timeout, progress,
                                   min_clients=config.clients.min_replies)
     llm_test = test[:config.evaluation.llm_test_size]
-    return RoundLoop(config, Server(config, task, llm), federation, run, llm_test, data_dir,
+    return RoundLoop(config, build_server(config, task), federation, run, llm_test, data_dir,
                      progress).run_all()
 
 

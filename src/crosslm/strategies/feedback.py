@@ -79,6 +79,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     by_label = {y: [s for s in samples if s.label == y] for y in range(task.num_labels)}
     by_label = {y: group for y, group in by_label.items() if group}
     rng = random.Random(seed)
+    torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
     make_batches = _dpo_batches if config.strategy == "dpo" else _plain_batches
     loss_fn: LossFn = {
         "filtered-sft": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=False),
