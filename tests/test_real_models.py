@@ -18,7 +18,7 @@ from crosslm.models.loading import CACHE_ENV
 
 SLICE = {
     "task": "sst2", "rounds": 1,
-    "clients": {"num_clients": 2, "examples_per_client": 64, "validation_per_client": 16,
+    "clients": {"num_clients": 2, "examples_per_client": 128, "validation_per_client": 16,
                 "partition": "iid", "slm": ["minilm-l6"]},
     "server": {"llm": "gemma3-270m", "classifier_training": {"epochs": 1}},
     "generation": {"samples_per_label": 8, "max_new_tokens": 24},
@@ -38,8 +38,9 @@ def test_one_round_with_the_packaged_models(shared_data: Path, tmp_path: Path):
                           text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    # MiniLM learns SST-2 from 64 examples well above chance; Gemma's zero-shot is above chance too
-    assert summary["slm_acc_local_only_mean"] > 0.6
+    # MiniLM learns SST-2 from 128 examples well above chance (from 64 it may not);
+    # Gemma's zero-shot is above chance too
+    assert summary["slm_acc_local_only_mean"] > 0.6, summary
     assert summary["llm_acc_zero_shot"] > 0.6
     assert 1 < summary["wikitext2_ppl_before"] < 1000
     samples = [json.loads(line) for line in
