@@ -115,7 +115,9 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
              "std over seeds; accuracy in %.", "",
              f"- command: `{command}`",
              f"- machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}",
-             f"- total wall time of the cells: {duration(wall_seconds)} ({wall_seconds:,.0f} s)"]
+             f"- total wall time of the cells: {duration(wall_seconds)} ({wall_seconds:,.0f} s)",
+             "- s/cell: mean wall time per cell; the first CrossLM or synthetic-no-feedback cell of a "
+             "task, setting and seed also ran the round 0 that the others copy (bench_share.py)"]
     header = ["setting", "method", "seeds", "SLM acc", "LLM acc", "WikiText-2 ppl", "ARC-Easy",
               "bytes/client/round", "s/cell"]
     for task in dict.fromkeys(r["task"] for r in rows):
