@@ -165,6 +165,19 @@ def test_per_round_series_agree_with_the_summary_and_the_selection_log(tiny_run)
         select["accepted"] / (select["candidates"] + hostile))
 
 
+def test_llm_accuracy_is_measured_alike_before_and_after():
+    # an LLM the rounds never trained: raw 62 %, calibrated 82.5 %, in both evaluations
+    untouched = {"phase": "E-llm-task", "seconds": 1.0, "accuracy": 0.62, "accuracy_calibrated": 0.825}
+    metrics = [{"round": 0, **untouched}, {"round": 2, **untouched}]
+    summary = summarise(metrics)
+    assert summary["llm_acc_zero_shot"] == summary["llm_acc"] == 0.825
+    assert summary["llm_acc_zero_shot_raw"] == 0.62
+    assert plots.llm_accuracy(metrics) == {0: 0.825, 2: 0.825}
+    trained = {"round": 2, "phase": "E-llm-task", "seconds": 1.0, "accuracy": 0.89,
+               "accuracy_calibrated": 0.87}
+    assert summarise([metrics[0], trained])["llm_acc"] == 0.89
+
+
 def test_fedavg_slm_accuracy_is_its_global_model(fedavg_run):
     metrics = load_metrics(fedavg_run)
     global_model = {m["round"]: m["accuracy"] for m in metrics if m["phase"] == "E-slm-global"}

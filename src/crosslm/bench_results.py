@@ -16,7 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from crosslm.bench_spec import Cell
-from crosslm.rundir import write_atomic
+from crosslm.report import summarise
+from crosslm.rundir import load_metrics, write_atomic
 
 FIGURES = ("slm_acc", "llm_acc", "wikitext2_ppl", "arc_easy_acc", "bytes_per_client_per_round")
 
@@ -34,13 +35,14 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
 
 
 def aggregate(cells: list[Cell], seconds: dict[Path, float | None]) -> list[dict]:
-    """One row per (task, setting, method) of finished cells, in spec order."""
+    """One row per (task, setting, method) of finished cells, in spec order; each cell's figures
+    are summarised afresh from its metrics.jsonl, so every row follows today's definitions."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.task, cell.setting, cell.method), []).append(cell)
     rows = []
     for (task, setting, method), group in groups.items():
-        summaries = [json.loads((c.path / "summary.json").read_text(encoding="utf-8")) for c in group]
+        summaries = [summarise(load_metrics(c.path)) for c in group]
         stats = {key: _mean_std([s.get(key) for s in summaries]) for key in FIGURES}
         rows.append({
             "task": task, "setting": setting, "method": method, "seeds": [c.seed for c in group],

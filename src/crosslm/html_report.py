@@ -140,7 +140,7 @@ def _per_round(metrics: list[dict]) -> str:
     }
     columns = {name: values for name, values in columns.items() if values}
     rows = [[r, *(values.get(r, "-") for values in columns.values())] for r in rounds]
-    note = ("<p class='note'>LLM task accuracy at round 0 is the better of raw and calibrated zero-shot; "
+    note = ("<p class='note'>LLM task accuracy is the better of raw and content-free calibrated; "
             "accuracies are on the test split; bytes are down + up, mean over clients.</p>")
     return _table(["round", *columns], rows, numeric=range(len(columns) + 1)) + note
 

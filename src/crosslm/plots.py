@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from crosslm.report import llm_task_accuracy
 from crosslm.rundir import load_metrics, load_samples
 
 Runs = Mapping[str, Sequence[Path]]
@@ -50,9 +51,8 @@ def slm_accuracy(metrics: list[dict]) -> PerRound:
 
 
 def llm_accuracy(metrics: list[dict]) -> PerRound:
-    """Round -> LLM task accuracy; round 0: the better of raw and calibrated zero-shot, as in the summary."""
-    return {m["round"]: max(m["accuracy"], m.get("accuracy_calibrated") or 0.0) if m["round"] == 0
-            else m["accuracy"] for m in _records(metrics, "E-llm-task")}
+    """Round -> LLM task accuracy, the better of raw and calibrated, as in the summary."""
+    return {m["round"]: llm_task_accuracy(m) for m in _records(metrics, "E-llm-task")}
 
 
 def bytes_per_client(metrics: list[dict], directions: Sequence[str] = ("down", "up")) -> PerRound:
