@@ -154,6 +154,24 @@ def test_snapshots_after_round_one(tmp_path, silo, task, config):
     assert set(rounds) == {"0", "1"} and rounds["1"]["num_accepted"] == 1
 
 
+def test_scores_are_calibrated_on_the_batch(tmp_path, silo, task, config):
+    data, test = silo
+    positives, negatives = ([ex for ex in data.train if ex.label == y] for y in (1, 0))
+    skewed = ClientData(positives + negatives[:2], data.validation)
+    client = Client("c0", config.slm[0], task, skewed, test, tmp_path, config, seed=0)
+    client.fit(FitIns(0, evaluate=False))
+    texts = SYNTHETIC_R1 + SYNTHETIC_R2
+    reply = torch.tensor(client.score(ScoreIns(1, texts)).probs)
+
+    trained = build_classifier(config.slm[0], task, config.lora_rank, seed=0)
+    trained.load(tmp_path / "model-r0.safetensors")
+    raw = trained.predict_proba(texts)
+    lean = raw.mean(0)
+    # Each text's odds move by the same factor: the SLM's mean lean over the batch is divided out.
+    assert torch.allclose(reply[:, 1] / reply[:, 0], raw[:, 1] / raw[:, 0] * lean[0] / lean[1], rtol=1e-3)
+    assert abs(float(reply[:, 1].mean()) - 0.5) < abs(float(lean[1]) - 0.5)
+
+
 def test_state_survives_a_restart(rounds: Rounds, task, config):
     # What the restarted client (seed 1) would say without its state...
     fresh = build_classifier(config.slm[0], task, config.lora_rank, seed=1)

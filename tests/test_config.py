@@ -45,7 +45,7 @@ def test_defaults_validate():
 def test_default_sections_are_not_shared_between_configs():
     first, second = load_config(None), load_config(None)
     first.clients.local_training.lr = 1.0
-    assert second.clients.local_training.lr == 5e-5
+    assert second.clients.local_training.lr == ExperimentConfig().clients.local_training.lr
 
 
 def test_yaml_file_sets_values(tmp_path):
@@ -138,7 +138,7 @@ def test_override_creates_a_missing_section():
 def test_override_one_field_of_a_training_budget():
     config = load_config(None, ["clients.local_training.epochs=2"])
     assert config.clients.local_training.epochs == 2
-    assert config.clients.local_training.lr == 5e-5
+    assert config.clients.local_training.lr == ExperimentConfig().clients.local_training.lr
 
 
 @pytest.mark.parametrize("assignment", ["rounds", "=3", ""])

@@ -169,10 +169,19 @@ class Client:
                           val_acc, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
 
     def score(self, ins: ScoreIns) -> ScoreRes:
-        """C2: this SLM's label distribution for every synthetic text."""
+        """C2: this SLM's label distribution for every synthetic text, calibrated on the batch.
+
+        S1 writes as many texts per label, so an unbiased judge's mean prediction over
+        the batch is near uniform. Dividing by this SLM's mean (and renormalising) removes
+        the constant lean that a label-skewed silo gives it: on SST-2 with Dirichlet(1)
+        silos, raw scores put every text on the majority label, no text of the other label
+        reached the selection threshold, and the label-balanced S4 accepted nothing.
+        """
         started = time.perf_counter()
         classifier = self._model_after(ins.round - 1)
         probs = classifier.predict_proba(ins.texts)
+        probs = probs / probs.mean(0)
+        probs = probs / probs.sum(-1, keepdim=True)
         scorer_round = self._latest_snapshot(ins.round - 1).stem.removeprefix("model-r")
         return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
                         len(self.data.train), self._rounds()[scorer_round]["val_accuracy"],

@@ -36,10 +36,23 @@ def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: fl
     return (weights * loss).sum() / weights.sum().clamp(min=1e-8)
 
 
-def accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
+def _predicted_and_true(classifier: TextClassifier, examples: list[Example], batch_size: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     probs = classifier.predict_proba([ex.text for ex in examples], batch_size)
-    labels = torch.tensor([ex.label for ex in examples])
-    return float((probs.argmax(-1) == labels).float().mean())
+    return probs.argmax(-1), torch.tensor([ex.label for ex in examples])
+
+
+def accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
+    predicted, labels = _predicted_and_true(classifier, examples, batch_size)
+    return float((predicted == labels).float().mean())
+
+
+def balanced_accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
+    """Mean recall over the labels present: a silo's skewed validation split cannot reward
+    predicting its majority label (which scores 31/32 plain accuracy on such a split)."""
+    predicted, labels = _predicted_and_true(classifier, examples, batch_size)
+    recalls = [(predicted[labels == y] == y).float().mean() for y in labels.unique()]
+    return float(torch.stack(recalls).mean())
 
 
 def train_classifier(
@@ -55,18 +68,18 @@ def train_classifier(
     patience: int | None = None,
     regularizer: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train; with ``validation``, keep the best epoch (including none) and stop after ``patience``.
+    """Train; with ``validation``, keep the epoch of the best balanced accuracy and stop after
+    ``patience`` epochs without a gain.
 
-    Starting the "best" at the untrained state means a round can never leave a
-    client worse on its own validation data than it found it. ``regularizer``
-    adds a loss on each batch's texts (the LLM's KL to its base model).
+    The untrained model is not a candidate: its random head can score well on a
+    handful of minority examples by chance and would then never be trained.
+    ``regularizer`` adds a loss on each batch's texts (the LLM's KL to its base model).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
     optimizer = torch.optim.AdamW(classifier.trainable_parameters(), lr=lr)
-    best_acc = accuracy(classifier, validation) if validation else float("nan")
     snapshot = lambda: {k: v.detach().clone() for k, v in classifier.trainable_state().items()}  # noqa: E731
-    best_state = snapshot() if validation else None
+    best_acc, best_state = float("-inf"), None
     best_epoch, losses = 0, []
     for epoch in range(1, epochs + 1):
         classifier.train()
@@ -82,13 +95,14 @@ def train_classifier(
             optimizer.zero_grad()
             losses.append(loss.item())
         if validation:
-            acc = accuracy(classifier, validation)
+            acc = balanced_accuracy(classifier, validation)
             if acc > best_acc:
                 best_acc, best_epoch = acc, epoch
                 best_state = snapshot()
             elif patience is not None and epoch - best_epoch >= patience:
                 break
-    if validation:
+    if best_state is not None:
         classifier.load_trainable_state(best_state)
-    return {"epochs_run": epoch, "best_epoch": best_epoch, "val_accuracy": best_acc,
+    return {"epochs_run": epoch, "best_epoch": best_epoch,
+            "val_balanced_accuracy": best_acc if validation else float("nan"),
             "train_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
