@@ -101,8 +101,9 @@ def train_classifier(
                 best_state = snapshot()
             elif patience is not None and epoch - best_epoch >= patience:
                 break
+    metrics = {"epochs_run": epoch, "best_epoch": best_epoch,
+               "train_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
     if best_state is not None:
         classifier.load_trainable_state(best_state)
-    return {"epochs_run": epoch, "best_epoch": best_epoch,
-            "val_balanced_accuracy": best_acc if validation else float("nan"),
-            "train_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
+        metrics["val_balanced_accuracy"] = best_acc
+    return metrics
