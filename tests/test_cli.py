@@ -56,6 +56,10 @@ def test_two_round_run_writes_a_complete_run_directory(runner, tmp_path, tiny_ca
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {m["phase"] for m in metrics} == PHASES
     assert sorted({m["round"] for m in metrics}) == [0, 1, 2]
+    # S5 trains on the round's accepted set A_r, not on every sample accepted so far
+    accepted = {m["round"]: m["accepted"] for m in metrics if m["phase"] == "S4-select"}
+    trained = {m["round"]: m["llm_train_samples"] for m in metrics if m["phase"] == "S5-enhance-llm"}
+    assert trained == accepted and all(accepted.values())
     samples = [json.loads(line) for line in (run / "rounds/001/samples.jsonl").read_text().splitlines()]
     assert samples and all(set(s["client_probs"]) == {"client-0", "client-1"} for s in samples)
     assert (run / "rounds/002/adapters/generator.safetensors").is_file()

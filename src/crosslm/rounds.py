@@ -120,7 +120,7 @@ class RoundLoop:
         self.run.write_jsonl(self.run.round_dir(round_) / "samples.jsonl",
                              [{**s.__dict__, "accepted": id(s) in accepted_ids} for s in scored])
         with self.phase("S5-enhance-llm") as record:
-            record |= self.server.enhance(round_)
+            record |= self.server.enhance(accepted, round_)
         self._fit_clients(accepted)
         self._evaluate_llm()
         self._log_traffic()

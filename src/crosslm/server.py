@@ -21,11 +21,10 @@ from crosslm.tasks.spec import TaskSpec
 
 
 class Server:
-    """Holds the LLM, the accepted pool and the in-context demonstrations between rounds."""
+    """Holds the LLM and the in-context demonstrations between rounds."""
 
     def __init__(self, config: ExperimentConfig, task: TaskSpec, llm: ServerLLM) -> None:
         self.config, self.task, self.llm = config, task, llm
-        self.accepted_pool: list[ScoredSample] = []
         self.feedback_demos: dict[int, list[str]] = {y: [] for y in range(task.num_labels)}
 
     def _rng(self, round_: int, salt: int) -> random.Random:
@@ -77,22 +76,23 @@ class Server:
             best = sorted((s for s in accepted if s.label == label), key=lambda s: -s.quality)
             if best:
                 self.feedback_demos[label] = [s.text for s in best[:keep]]
-        self.accepted_pool += accepted
         return accepted
 
     def accept_unjudged(self, candidates: list[Candidate]) -> list[ScoredSample]:
         """The synthetic-no-feedback baseline: every sample is accepted with its intended label."""
         one_hot = lambda label: [float(y == label) for y in range(self.task.num_labels)]  # noqa: E731
-        accepted = [ScoredSample(c.text, c.label, 1.0, one_hot(c.label), 0.0) for c in candidates]
-        self.accepted_pool += accepted
-        return accepted
+        return [ScoredSample(c.text, c.label, 1.0, one_hot(c.label), 0.0) for c in candidates]
 
-    def enhance(self, round_: int) -> dict[str, float]:
-        """S5: train the LLM's classifier adapter on every sample accepted so far."""
-        if not self.accepted_pool:
+    def enhance(self, accepted: list[ScoredSample], round_: int) -> dict[str, float]:
+        """S5: continue training the LLM's classifier adapter on this round's accepted set.
+
+        The adapter carries what earlier rounds taught it, so each sample is trained on in one round
+        only: retraining on every sample accepted so far overfit it to the first rounds' texts.
+        """
+        if not accepted:
             return {"llm_train_samples": 0.0}
         budget = self.config.server.classifier_training
-        items = [TrainItem(s.text, s.label, tuple(s.soft_label)) for s in self.accepted_pool]
+        items = [TrainItem(s.text, s.label, tuple(s.soft_label)) for s in accepted]
         distill = 1.0 if self.config.server.classifier_loss == "distill" else 0.0
         weight, positions = self.config.server.kl_weight, self.config.server.kl_positions
         regularizer = (lambda texts: weight * self.llm.kl_to_base(texts, positions)) if weight else None
@@ -105,12 +105,10 @@ class Server:
 
     def save(self, directory: Path) -> None:
         self.llm.save_adapters(directory / "adapters")
-        state = {"feedback_demos": self.feedback_demos,
-                 "accepted_pool": [s.__dict__ for s in self.accepted_pool]}
+        state = {"feedback_demos": self.feedback_demos}
         (directory / "server_state.json").write_text(json.dumps(state), encoding="utf-8")
 
     def load(self, directory: Path) -> None:
         self.llm.load_adapters(directory / "adapters")
         state = json.loads((directory / "server_state.json").read_text(encoding="utf-8"))
         self.feedback_demos = {int(k): v for k, v in state["feedback_demos"].items()}
-        self.accepted_pool = [ScoredSample(**row) for row in state["accepted_pool"]]
