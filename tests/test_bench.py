@@ -161,7 +161,10 @@ def test_targets_compare_every_crosslm_method_with_its_reference():
 
 @pytest.fixture(scope="module")
 def finished_bench(tmp_path_factory, tiny_causal_dir, tiny_encoder_dir, shared_data) -> Path:
-    """A workspace (spec.yaml, out/) after a real ``crosslm bench``: sst2, 1 setting, 4 methods, 2 seeds."""
+    """A workspace (spec.yaml, out/) after a real ``crosslm bench``: sst2, 1 setting, 4 methods, 2 seeds.
+
+    sft and dpo differ in S3 and S4 only, so they start from the same round 0.
+    """
     workspace = tmp_path_factory.mktemp("bench")
     base = {
         "rounds": 1,
@@ -178,7 +181,7 @@ def finished_bench(tmp_path_factory, tiny_causal_dir, tiny_encoder_dir, shared_d
     _write(workspace / "spec.yaml", {
         "name": "tiny", "output_dir": "out", "base": base, "tasks": ["sst2"], "settings": {"tiny": {}},
         "methods": {"sft": {"feedback": {"strategy": "filtered-sft"}},
-                    "dpo": {"feedback": {"strategy": "dpo"}},
+                    "dpo": {"feedback": {"strategy": "dpo"}, "selection": {"top_fraction": 0.5}},
                     "local": {"method": "local-only"}, "zero-shot": {"method": "llm-zero-shot"}},
         "seeds": [0, 1]})
     with pytest.MonkeyPatch.context() as patch:

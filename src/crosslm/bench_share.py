@@ -20,11 +20,12 @@ from pathlib import Path
 import yaml
 
 from crosslm.bench_spec import Cell
-from crosslm.config import ExperimentConfig, FeedbackConfig
+from crosslm.config import ExperimentConfig
 from crosslm.rundir import write_atomic
 
 SHARED_FOLDER = "shared-round-zero"
 SHARING_METHODS = ("crosslm", "synthetic-no-feedback")
+NOT_IN_ROUND_ZERO = ("generation", "feedback", "selection", "aggregation")
 
 
 def shared_round_zero(cell: Cell, output_dir: Path) -> ExperimentConfig | None:
@@ -35,9 +36,11 @@ def shared_round_zero(cell: Cell, output_dir: Path) -> ExperimentConfig | None:
     config = cell.config
     if config.method not in SHARING_METHODS or config.engine != "in-process":
         return None
-    shared = config.model_copy(update={"method": "crosslm", "feedback": FeedbackConfig(), "rounds": 0,
-                                       "output_dir": ""})
-    digest = hashlib.sha256(json.dumps(shared.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    defaults = ExperimentConfig()
+    shared = config.model_copy(update={"method": "crosslm", "rounds": 0, "output_dir": "",
+                                       **{name: getattr(defaults, name) for name in NOT_IN_ROUND_ZERO}})
+    key = shared.model_dump(exclude=set(NOT_IN_ROUND_ZERO))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     folder = output_dir / SHARED_FOLDER / cell.task / cell.setting / f"seed-{cell.seed}-{digest}"
     return shared.model_copy(update={"output_dir": str(folder)})
 
