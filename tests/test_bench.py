@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from crosslm.bench import cell_status, estimates
 from crosslm.bench_estimate import model_seconds
 from crosslm.bench_results import target_rows
+from crosslm.bench_share import shared_round_zero
 from crosslm.bench_spec import expand, load_spec
 from crosslm.cli import app
 from crosslm.errors import CrossLMError
@@ -357,6 +358,24 @@ def test_a_changed_cell_is_reported_and_rerun_only_when_asked(workspace):
     assert {c.parent.name for c in after if after[c] != before[c]} == {"dpo"}
     assert yaml.safe_load((workspace / "out/sst2/tiny/dpo/seed-0/config.yaml").read_text())[
         "feedback"]["dpo_beta"] == 0.2
+
+
+def test_a_setting_a_method_never_reads_leaves_its_cells_and_round_zero_alone(workspace):
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["base"]["server"]["kl_weight"] = 0.5  # S5: crosslm reads it, baselines and round 0 do not
+    spec["base"]["clients"]["patience"] = 5  # read by every method with clients
+    _write(Path("spec.yaml"), spec)
+    cells = expand(load_spec("spec.yaml"))
+    states = {(c.method, c.seed): cell_status(c).state for c in cells}
+    assert states == {(m, s): "done" if m == "zero-shot" else "changed"
+                      for m in ("sft", "dpo", "local", "zero-shot") for s in (0, 1)}
+    assert "server.kl_weight: 1.0 -> 0.5" in cell_status(cells[0]).detail
+    spec["base"]["clients"]["patience"] = 3  # back to the stored value
+    _write(Path("spec.yaml"), spec)
+    cells = expand(load_spec("spec.yaml"))
+    assert {cell_status(c).state for c in cells if c.method == "local"} == {"done"}
+    shared = {Path(shared_round_zero(c, Path("out")).output_dir).name for c in cells if c.method == "sft"}
+    assert shared == {p.name for p in Path("out/shared-round-zero/sst2/tiny").iterdir()}
 
 
 def test_aggregate_only_writes_results_where_asked_and_runs_nothing(workspace):

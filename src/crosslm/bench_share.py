@@ -1,8 +1,8 @@
 """Round 0, run once and shared by the bench cells that would each compute the same one.
 
 In a CrossLM or synthetic-no-feedback cell, round 0 is local training of every SLM on its private
-data and the evaluation of the LLM before any enhancement: nothing in it depends on the method or
-the feedback strategy (the server state saved after it holds no feedback). Every later round seeds
+data and the evaluation of the LLM before any enhancement: nothing in it depends on the method,
+nor on the settings of S1-S5 (the server state saved after it holds no feedback). Every later round seeds
 its own random generators, so a cell resumed from a copy of that round ends as a cell run from
 scratch does (tests/test_bench.py checks it). The runner keeps one such round 0 per distinct config
 under ``<output_dir>/shared-round-zero/`` and starts each new cell from a copy, which saves the
@@ -20,12 +20,18 @@ from pathlib import Path
 import yaml
 
 from crosslm.bench_spec import Cell
-from crosslm.config import ExperimentConfig
+from crosslm.config import (
+    ENHANCEMENT_SETTINGS,
+    LLM_TRAINING_SETTINGS,
+    ExperimentConfig,
+    config_from_layers,
+    without_settings,
+)
 from crosslm.rundir import write_atomic
 
 SHARED_FOLDER = "shared-round-zero"
 SHARING_METHODS = ("crosslm", "synthetic-no-feedback")
-NOT_IN_ROUND_ZERO = ("generation", "feedback", "selection", "aggregation")
+NOT_IN_ROUND_ZERO = (*ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
 
 
 def shared_round_zero(cell: Cell, output_dir: Path) -> ExperimentConfig | None:
@@ -36,13 +42,11 @@ def shared_round_zero(cell: Cell, output_dir: Path) -> ExperimentConfig | None:
     config = cell.config
     if config.method not in SHARING_METHODS or config.engine != "in-process":
         return None
-    defaults = ExperimentConfig()
-    shared = config.model_copy(update={"method": "crosslm", "rounds": 0, "output_dir": "",
-                                       **{name: getattr(defaults, name) for name in NOT_IN_ROUND_ZERO}})
-    key = shared.model_dump(exclude=set(NOT_IN_ROUND_ZERO))
+    key = without_settings(config.model_dump(), NOT_IN_ROUND_ZERO)
+    key.update(method="crosslm", rounds=0, output_dir="")
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     folder = output_dir / SHARED_FOLDER / cell.task / cell.setting / f"seed-{cell.seed}-{digest}"
-    return shared.model_copy(update={"output_dir": str(folder)})
+    return config_from_layers({**key, "output_dir": str(folder)})  # defaults for what round 0 ignores
 
 
 def start_from_shared_round_zero(cell: Cell, shared: ExperimentConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +55,8 @@ class ServerConfig(_Section):
     llm: str = "gemma3-270m"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     lora_rank: int = Field(default=8, ge=1)
-    classifier_training: TrainConfig = TrainConfig(lr=5e-4, epochs=1, batch_size=8)
+    # at lr 5e-4 x 1, round 2 of S5 could undo round 1 (docs/experiments.md, "Ablations")
+    classifier_training: TrainConfig = TrainConfig(lr=1e-4, epochs=2, batch_size=8)
     classifier_loss: Literal["label", "distill"] = "label"
     kl_weight: float = Field(
         default=1.0, ge=0, description="S5: weight of KL(base || adapted) that keeps general ability")
@@ -85,8 +87,10 @@ class FeedbackConfig(_Section):
 
 
 class SelectionConfig(_Section):
-    threshold: float = Field(default=0.6, ge=0, le=1)
-    top_fraction: float = Field(default=0.5, gt=0, le=1)
+    # every sample the SLMs, together, give its intended label more often than not: capping it
+    # at the top half cost the SLMs 3 points on SST-2 (docs/experiments.md, "Ablations")
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    top_fraction: float = Field(default=1.0, gt=0, le=1)
     balance: bool = True
 
 
@@ -127,6 +131,34 @@ class ExperimentConfig(_Section):
     selection: SelectionConfig = SelectionConfig()
     aggregation: AggregationConfig = AggregationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+
+
+ENHANCEMENT_SETTINGS = ("generation", "feedback", "selection", "aggregation")  # S1-S4
+LLM_TRAINING_SETTINGS = ("server.classifier_training", "server.classifier_loss",  # S5
+                         "server.kl_weight", "server.kl_positions")
+
+
+def settings_not_read(method: Method) -> tuple[str, ...]:
+    """Dotted settings ``method`` never reads, so changing them cannot change its results."""
+    if method == "crosslm":
+        return ()
+    if method == "synthetic-no-feedback":  # no S2, S3 or S4
+        return ("feedback", "selection", "aggregation")
+    if method in ("llm-zero-shot", "llm-few-shot"):
+        return ("clients", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
+    return ("server", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg: no LLM
+
+
+def without_settings(tree: dict, dotted: tuple[str, ...]) -> dict:
+    """A copy of a config dump without the given dotted settings."""
+    kept = copy.deepcopy(tree)
+    for key in dotted:
+        *parents, leaf = key.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return kept
 
 
 def _apply_override(raw: dict, assignment: str) -> None:
