@@ -378,6 +378,17 @@ def test_a_setting_a_method_never_reads_leaves_its_cells_and_round_zero_alone(wo
     assert shared == {p.name for p in Path("out/shared-round-zero/sst2/tiny").iterdir()}
 
 
+def test_a_stopped_cell_resumes_under_a_setting_its_method_never_reads(workspace):
+    cell = workspace / "out/sst2/tiny/local/seed-1"
+    (cell / "summary.json").unlink()  # as if the run had died before writing its summary
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["base"]["selection"]["threshold"] = 0.3  # S4: local-only never reads it
+    _write(Path("spec.yaml"), spec)
+    result = _invoke("bench", "spec.yaml", "--only", "sst2/tiny/local/*")
+    assert result.exit_code == 0, result.output
+    assert (cell / "summary.json").is_file() and not (cell / "bench-error.txt").exists()
+
+
 def test_aggregate_only_writes_results_where_asked_and_runs_nothing(workspace):
     (workspace / "out/sst2/tiny/sft/seed-0/summary.json").unlink()
     result = _invoke("bench", "spec.yaml", "--aggregate-only", "--results", "elsewhere")
