@@ -320,10 +320,15 @@ def test_missing_split_names_the_expected_file(tmp_path, sst2):
         load_split(sst2, "test", tmp_path)
 
 
-def test_labels_json_mismatch(tmp_path, sst2):
-    folder = tmp_path / "sst2"
+def _sst2_folder_with_one_row(root: Path) -> Path:
+    folder = root / "sst2"
     folder.mkdir()
     jsonl(folder / "train.jsonl", [{"text": "fine", "label": 1}])
+    return folder
+
+
+def test_labels_json_mismatch(tmp_path, sst2):
+    folder = _sst2_folder_with_one_row(tmp_path)
     (folder / "labels.json").write_text('["positive", "negative"]', encoding="utf-8")
     with pytest.raises(CrossLMError, match="labels.json: labels .* differ from task 'sst2'"):
         load_split(sst2, "train", tmp_path)
@@ -332,9 +337,7 @@ def test_labels_json_mismatch(tmp_path, sst2):
 
 
 def test_labels_json_not_json(tmp_path, sst2):
-    folder = tmp_path / "sst2"
-    folder.mkdir()
-    jsonl(folder / "train.jsonl", [{"text": "fine", "label": 1}])
+    folder = _sst2_folder_with_one_row(tmp_path)
     (folder / "labels.json").write_text("[negative", encoding="utf-8")
     with pytest.raises(CrossLMError, match="labels.json"):
         load_split(sst2, "train", tmp_path)
