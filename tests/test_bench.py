@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from crosslm.bench import cell_status, estimates
 from crosslm.bench_estimate import model_seconds
-from crosslm.bench_results import target_rows
+from crosslm.bench_results import FIGURES, target_rows
 from crosslm.bench_share import shared_round_zero
 from crosslm.bench_spec import expand, load_spec
 from crosslm.cli import app
@@ -140,22 +140,37 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, monkeypatch, shar
 
 # --- targets --------------------------------------------------------------------------------------
 
-def _row(method: str, **figures) -> dict:
-    return {"task": "sst2", "setting": "s", "method": method, "slm_acc_mean": None, "llm_acc_mean": None,
-            "wikitext2_ppl": None, "arc_easy_acc": None, **figures}
+def _row(method: str, **by_seed: dict) -> dict:
+    """A matrix.json row with only what the targets read: per seed ("seed_0" -> "0"), its figures."""
+    return {"task": "sst2", "setting": "s", "method": method,
+            "by_seed": {seed.removeprefix("seed_"): {key: figures.get(key) for key in FIGURES}
+                        for seed, figures in by_seed.items()}}
 
 
 def test_targets_compare_every_crosslm_method_with_its_reference():
-    rows = [_row("ours", slm_acc_mean=0.74, llm_acc_mean=0.80, wikitext2_ppl=20.5, arc_easy_acc=0.50),
-            _row("local", slm_acc_mean=0.70), _row("zs", llm_acc_mean=0.70, wikitext2_ppl=20.0,
-                                                       arc_easy_acc=0.50)]
+    rows = [_row("ours", seed_0=dict(slm_acc=0.74, llm_acc=0.80, wikitext2_ppl=20.5, arc_easy_acc=0.50)),
+            _row("local", seed_0=dict(slm_acc=0.70)),
+            _row("zs", seed_0=dict(llm_acc=0.70, wikitext2_ppl=20.0, arc_easy_acc=0.50))]
     kinds = {"ours": "crosslm", "local": "local-only", "zs": "llm-zero-shot"}
-    status = {r[3]: (r[6], r[5]) for r in target_rows(rows, kinds)}
+    status = {r[3]: (r[7], r[6]) for r in target_rows(rows, kinds)}
     assert status["SLM acc >= local-only + 3 pts"] == ("met", "70.0")
     assert status["SLM acc > synthetic-no-feedback"] == ("n/a", "no synthetic-no-feedback result")
     assert status["LLM acc >= llm-zero-shot + 15 pts"][0] == "MISSED"
     assert status["WikiText-2 ppl <= 1.03 x llm-zero-shot"][0] == "met"
     assert status["ARC-Easy >= llm-zero-shot - 1 pt"][0] == "met"
+
+
+def test_targets_compare_on_the_seeds_both_methods_finished():
+    """CrossLM on seed 0 alone against local-only's seeds 0-2: the mean of all three (0.74) would
+    call +4 points on seed 0 a miss; paired on seed 0 it is met. Seeds in common with none: n/a."""
+    rows = [_row("ours", seed_0=dict(slm_acc=0.74)),
+            _row("local", seed_0=dict(slm_acc=0.70), seed_1=dict(slm_acc=0.76), seed_2=dict(slm_acc=0.76)),
+            _row("plain", seed_1=dict(slm_acc=0.60))]
+    kinds = {"ours": "crosslm", "local": "local-only", "plain": "synthetic-no-feedback"}
+    targets = {r[3]: r[4:] for r in target_rows(rows, kinds)}
+    assert targets["SLM acc >= local-only + 3 pts"] == ["0", "74.0", "70.0", "met"]
+    assert targets["SLM acc > synthetic-no-feedback"] == [
+        "", "-", "no common seed with synthetic-no-feedback", "n/a"]
 
 
 # --- end to end on tiny models --------------------------------------------------------------------
@@ -239,7 +254,7 @@ def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
     markdown = (workspace / "out" / "matrix.md").read_text()
     assert "## sst2" in markdown and "| tiny | dpo | 0,1 |" in markdown
     targets = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| sst2 | tiny | ")]
-    status = {(row[2], row[3]): row[6].rstrip(" |") for row in targets}
+    status = {(row[2], row[3]): row[7].rstrip(" |") for row in targets}
     assert len(status) == 10  # 5 targets for each crosslm method
     assert status[("sft", "SLM acc >= local-only + 3 pts")] in ("met", "MISSED")
     assert status[("dpo", "LLM acc >= llm-zero-shot + 15 pts")] in ("met", "MISSED")
