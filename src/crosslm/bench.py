@@ -37,7 +37,7 @@ from crosslm.bench_estimate import estimate
 from crosslm.bench_results import duration, write_results
 from crosslm.bench_share import shared_round_zero, start_from_shared_round_zero
 from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
-from crosslm.config import config_from_layers, settings_not_read, without_settings
+from crosslm.config import config_from_layers, settings_read
 from crosslm.errors import CrossLMError
 from crosslm.rundir import Mode, write_atomic
 
@@ -86,8 +86,8 @@ def cell_status(cell: Cell) -> Status:
     stored, new = _stored_config(cell.path), cell.config.model_dump()
     if stored is None:
         return Status("changed", "stored config.yaml is not valid for this version of crosslm", seconds)
-    not_read = settings_not_read(cell.config.method)
-    changed = _diff(without_settings(stored, not_read), without_settings(new, not_read))
+    method = cell.config.method
+    changed = _diff(settings_read(stored, method), settings_read(new, method))
     if changed == ["rounds"] and new["rounds"] > stored["rounds"]:
         return Status("resume", f"rounds {stored['rounds']} -> {new['rounds']}", seconds)
     if changed:

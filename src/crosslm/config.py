@@ -161,6 +161,12 @@ def without_settings(tree: dict, dotted: tuple[str, ...]) -> dict:
     return kept
 
 
+def settings_read(tree: dict, method: Method) -> dict:
+    """A config dump without the settings ``method`` never reads: what decides whether a stored
+    run still matches a new config (the bench's cell status and ``--resume`` compare this)."""
+    return without_settings(tree, settings_not_read(method))
+
+
 def _apply_override(raw: dict, assignment: str) -> None:
     key, sep, value = assignment.partition("=")
     if not sep or not key:

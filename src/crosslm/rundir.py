@@ -18,7 +18,7 @@ from typing import Literal
 
 import yaml
 
-from crosslm.config import ExperimentConfig, settings_not_read, without_settings
+from crosslm.config import ExperimentConfig, settings_read
 from crosslm.errors import CrossLMError
 
 Mode = Literal["new", "resume", "overwrite"]
@@ -74,9 +74,9 @@ class RunDir:
         stored_file = self.path / "config.yaml"
         if not stored_file.is_file():
             raise CrossLMError(f"--resume: {self.path} has no config.yaml; nothing to resume")
-        not_read = settings_not_read(config.method)  # e.g. S4's settings in a local-only run
-        stored = without_settings(yaml.safe_load(stored_file.read_text(encoding="utf-8")), not_read)
-        new = without_settings(config.model_dump(), not_read)
+        # e.g. S4's settings do not count in a local-only run
+        stored = settings_read(yaml.safe_load(stored_file.read_text(encoding="utf-8")), config.method)
+        new = settings_read(config.model_dump(), config.method)
         changed = sorted(k for k in new if k != "rounds" and stored.get(k) != new[k])
         if changed:
             raise CrossLMError(f"--resume: the config differs from {stored_file} in: "
