@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -443,3 +447,28 @@ def test_estimates_use_the_median_of_measured_cells(workspace):
                 for s in (0, 1)]
     assert by_cell[("sft", 2)] == (pytest.approx(statistics.median(measured)), "median of 2")
     assert by_cell[("sft", 0)] == (measured[0], "measured")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_cell_keeps_the_time_it_ran_and_resumes(workspace, stop):
+    cell = workspace / "out/sst2/tiny/sft/seed-1"
+    (cell / "summary.json").unlink()  # as if an earlier attempt of 100 s had died during round 1
+    (cell / "progress.json").write_text(json.dumps({"completed_round": 0}))
+    (cell / "bench.json").write_text(json.dumps({"seconds": 100.0}))
+    metrics = cell / "metrics.jsonl"
+    round_zero = [line for line in metrics.read_text().splitlines() if json.loads(line)["round"] == 0]
+    metrics.write_text("\n".join(round_zero) + "\n")
+    bench = subprocess.Popen([str(Path(sys.executable).parent / "crosslm"), "bench", "spec.yaml"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = time.perf_counter()
+    while len(metrics.read_text().splitlines()) == len(round_zero):  # round 1 has written its first phase
+        assert bench.poll() is None and time.perf_counter() - started < 300, bench.stderr.read()
+        time.sleep(0.05)
+    bench.send_signal(stop)
+    assert bench.wait(timeout=120) != 0
+    assert not (cell / "summary.json").exists(), "the cell finished before the signal: no test"
+    stopped = json.loads((cell / "bench.json").read_text())["seconds"]
+    assert 100.0 < stopped < 100.0 + time.perf_counter() - started
+    assert _invoke("bench", "spec.yaml").exit_code == 0
+    assert (cell / "summary.json").is_file()
+    assert json.loads((cell / "bench.json").read_text())["seconds"] > stopped

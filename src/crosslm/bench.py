@@ -203,9 +203,10 @@ def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str],
         error = str(err)
     except Exception as err:  # a crash in one cell must not stop the matrix; keep the traceback
         error = f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"
-    cell.path.mkdir(parents=True, exist_ok=True)
-    seconds = time.perf_counter() - start + (previous or 0.0)
-    write_atomic(cell.path / BENCH_FILE, json.dumps({"seconds": round(seconds, 1)}))
+    finally:  # a stopped attempt's time counts too: the cell resumes from it
+        cell.path.mkdir(parents=True, exist_ok=True)
+        seconds = time.perf_counter() - start + (previous or 0.0)
+        write_atomic(cell.path / BENCH_FILE, json.dumps({"seconds": round(seconds, 1)}))
     if error is not None:
         write_atomic(cell.path / ERROR_FILE, f"{error}\n\nlast progress messages:\n" + "\n".join(log[-20:]))
     return error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -183,6 +184,8 @@ def bench(
                         *(f"--only '{pattern}'" for pattern in only),
                         *(["--results", str(results)] if results else []),
                         *(["--aggregate-only"] if aggregate_only else [])])
+    # a scheduler's SIGTERM stops the bench as Ctrl-C does, so the stopped cell keeps its time
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if dry_run:
             runner.dry_run(spec, rerun_changed, only, console)
@@ -192,6 +195,8 @@ def bench(
             raise typer.Exit(1)
     except CrossLMError as err:
         _fail(err)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def main() -> None:
