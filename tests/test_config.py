@@ -92,6 +92,8 @@ def test_unknown_key_is_named(tmp_path, data, key):
         ("clients.slm=[]", "clients.slm", r"\[\]"),
         ("rounds=two", "rounds", "'two'"),
         ("generation.topk=10", "generation.topk", "10"),
+        ("selection.threshold=top", "selection.threshold", "'top'"),
+        ("selection.threshold=1.5", "selection.threshold", "1.5"),
     ],
 )
 def test_bad_value_names_the_field(override, field, got):

@@ -177,3 +177,25 @@ def test_select_a_label_with_nothing_acceptable_empties_everything_when_balanced
     assert names(select(pool, 2, threshold=0.5, top_fraction=1.0, balance=False)) == ["n1", "n2"]
     # A label with no samples at all counts the same.
     assert select(POOL, 3, threshold=0.0, top_fraction=1.0, balance=True) == []
+
+
+def three_labels(name: str, label: int, soft_label: list[float]) -> ScoredSample:
+    return ScoredSample(name, label, soft_label[label], soft_label, 0.0)
+
+
+def test_select_top_label_keeps_what_the_judges_rank_first_at_any_q():
+    pool = [three_labels("a1", 0, [0.4, 0.3, 0.3]), three_labels("a2", 0, [0.3, 0.4, 0.3]),
+            three_labels("b1", 1, [0.1, 0.8, 0.1]), three_labels("c1", 2, [0.35, 0.3, 0.35 + 1e-6])]
+    assert names(select(pool, 3, threshold="top-label", top_fraction=1.0, balance=False)) == [
+        "a1", "b1", "c1"]
+    assert names(select(pool, 3, threshold=0.5, top_fraction=1.0, balance=False)) == ["b1"]
+    assert names(select(pool, 3, threshold="top-label", top_fraction=1.0, balance=True)) == [
+        "a1", "b1", "c1"]
+
+
+def test_on_two_labels_top_label_is_more_often_than_not():
+    pool = [three_labels(f"s{i}", i % 2, [1 - q, q] if i % 2 else [q, 1 - q])
+            for i, q in enumerate([0.9, 0.51, 0.49, 0.2, 0.6, 0.45])]
+    kept = names(select(pool, 2, threshold="top-label", top_fraction=1.0, balance=False))
+    assert kept == names(select(pool, 2, threshold=0.5, top_fraction=1.0, balance=False))
+    assert kept == ["s0", "s1", "s4"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crosslm.errors import CrossLMError, read_yaml
 
@@ -86,12 +86,26 @@ class FeedbackConfig(_Section):
     )
 
 
+TOP_LABEL = "top-label"
+
+
 class SelectionConfig(_Section):
     # every sample the SLMs, together, give its intended label more often than not: capping it
     # at the top half cost the SLMs 3 points on SST-2 (docs/experiments.md, "Ablations")
-    threshold: float = Field(default=0.5, ge=0, le=1)
+    threshold: float | Literal["top-label"] = Field(
+        default=0.5, description="S4 keeps samples with q_j >= this; top-label: samples whose "
+                                 "intended label is first in the aggregated soft label")
     top_fraction: float = Field(default=1.0, gt=0, le=1)
     balance: bool = True
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _number_or_top_label(cls, value: object) -> object:
+        """One message for both forms (a union would report each member's error)."""
+        if value == TOP_LABEL or (isinstance(value, int | float) and not isinstance(value, bool)
+                                  and 0 <= value <= 1):
+            return value
+        raise ValueError(f"should be a number from 0 to 1 or '{TOP_LABEL}'")
 
 
 class AggregationConfig(_Section):

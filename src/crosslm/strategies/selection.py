@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from crosslm.config import TOP_LABEL
 from crosslm.synthetic import ScoredSample
 
 
-def select(samples: list[ScoredSample], num_labels: int, threshold: float, top_fraction: float,
+def acceptable(sample: ScoredSample, threshold: float | str) -> bool:
+    """q >= threshold; with ``top-label``, the judges' aggregated distribution ranks the intended
+    label first, which on two labels is q > 0.5 and on C labels can hold at q near 1/C."""
+    if threshold == TOP_LABEL:
+        return int(np.argmax(sample.soft_label)) == sample.label
+    return sample.quality >= threshold
+
+
+def select(samples: list[ScoredSample], num_labels: int, threshold: float | str, top_fraction: float,
            balance: bool) -> list[ScoredSample]:
-    """Per label: samples with q >= threshold, at most the top fraction of that label's samples.
+    """Per label: the acceptable samples, at most the top fraction (by q) of that label's samples.
 
     With ``balance``, every label keeps as many as the label with the fewest, so a
     label the LLM writes well cannot crowd the others out of the SLMs' training data.
@@ -18,7 +29,7 @@ def select(samples: list[ScoredSample], num_labels: int, threshold: float, top_f
     for label in range(num_labels):
         mine = sorted((s for s in samples if s.label == label), key=lambda s: -s.quality)
         cap = math.ceil(top_fraction * len(mine))
-        per_label.append([s for s in mine[:cap] if s.quality >= threshold])
+        per_label.append([s for s in mine[:cap] if acceptable(s, threshold)])
     if balance:
         keep = min(len(group) for group in per_label)
         per_label = [group[:keep] for group in per_label]
