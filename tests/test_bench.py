@@ -113,7 +113,7 @@ def test_fedavg_with_two_slm_names_is_skipped_with_the_reason(tmp_path):
     assert skipped == {("heterogeneous", "fedavg")}
     reason = next(c.skip for c in cells if c.skip)
     assert "fedavg" in reason and "smollm2-135m" in reason
-    assert all(cell_status(c).state == ("skip" if c.skip else "todo") for c in cells)
+    assert all(cell_status(c, tmp_path).state == ("skip" if c.skip else "todo") for c in cells)
 
 
 # --- estimates and dry run ------------------------------------------------------------------------
@@ -305,13 +305,57 @@ def test_a_second_run_skips_every_done_cell(workspace):
     assert dry.output.count(" done ") == 8 and "measured" in dry.output
 
 
+def test_each_finished_cell_is_recorded_beside_the_results_without_its_texts(workspace):
+    for cell in _cells(workspace):
+        record = workspace / "out" / "cells" / cell.relative_to(workspace / "out")
+        for name in ("config.yaml", "metrics.jsonl", "summary.json", "bench.json"):
+            assert (record / name).read_bytes() == (cell / name).read_bytes()
+        samples = sorted(cell.glob("rounds/*/samples.jsonl"))
+        assert [p.relative_to(record) for p in sorted(record.glob("rounds/*/samples.jsonl"))] == [
+            p.relative_to(cell) for p in samples]
+        for path in samples:
+            full = [json.loads(line) for line in path.read_text().splitlines()]
+            kept = [json.loads(line) for line in (record / path.relative_to(cell)).read_text().splitlines()]
+            assert kept == [{k: s[k] for k in ("label", "soft_label", "quality", "accepted")} for s in full]
+            assert full and "text" in full[0]
+    assert any((workspace / "out/cells/sst2/tiny/sft/seed-0/rounds").iterdir())
+
+
+def test_a_fresh_checkout_with_only_the_records_skips_every_cell_and_aggregates_the_same(workspace):
+    """The run directories stay on the machine that ran them; a clone has the committed records."""
+    before = json.loads(Path("out/matrix.json").read_text())
+    for folder in ("sst2", "shared-round-zero", "plots"):
+        shutil.rmtree(workspace / "out" / folder)
+    (workspace / "out/matrix.json").unlink()
+    result = _invoke("bench", "spec.yaml")
+    assert result.exit_code == 0, result.output
+    assert "8 cells: 8 done, 0 to run" in result.output
+    assert not (workspace / "out/sst2").exists()
+    assert json.loads(Path("out/matrix.json").read_text()) == before
+    assert len(list((workspace / "out/plots").glob("*.png"))) == 3
+
+
+def test_a_recorded_cell_whose_config_changed_starts_again_when_asked(workspace):
+    shutil.rmtree(workspace / "out/sst2")
+    spec = yaml.safe_load(Path("spec.yaml").read_text())
+    spec["methods"]["local"]["clients"] = {"patience": 5}
+    _write(Path("spec.yaml"), spec)
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.output.count(" changed ") == 2 and "only its record is here" in dry.output
+    rerun = _invoke("bench", "spec.yaml", "--rerun-changed", "--only", "sst2/tiny/local/seed-0")
+    assert rerun.exit_code == 0, rerun.output
+    assert (workspace / "out/sst2/tiny/local/seed-0/summary.json").is_file()
+    record = workspace / "out/cells/sst2/tiny/local/seed-0/config.yaml"
+    assert yaml.safe_load(record.read_text())["clients"]["patience"] == 5
+
+
 def test_a_partly_run_cell_resumes_and_keeps_its_finished_rounds(workspace):
     cell = workspace / "out/sst2/tiny/sft/seed-1"
     (cell / "summary.json").unlink()  # as if the run had died during round 1
     (cell / "progress.json").write_text(json.dumps({"completed_round": 0}))
     round_zero = {p: p.stat().st_mtime_ns for p in (cell / "rounds" / "000").rglob("*") if p.is_file()}
     others = {c: (c / "summary.json").stat().st_mtime_ns for c in _cells(workspace) if c != cell}
-    statuses = {c.path: cell_status(c).state for c in expand(load_spec("spec.yaml"))}
+    statuses = {c.path: cell_status(c, Path("out")).state for c in expand(load_spec("spec.yaml"))}
     assert statuses[Path("out/sst2/tiny/sft/seed-1")] == "resume"
     result = _invoke("bench", "spec.yaml")
     assert result.exit_code == 0, result.output
@@ -385,14 +429,14 @@ def test_a_setting_a_method_never_reads_leaves_its_cells_and_round_zero_alone(wo
     spec["base"]["clients"]["patience"] = 5  # read by every method with clients
     _write(Path("spec.yaml"), spec)
     cells = expand(load_spec("spec.yaml"))
-    states = {(c.method, c.seed): cell_status(c).state for c in cells}
+    states = {(c.method, c.seed): cell_status(c, Path("out")).state for c in cells}
     assert states == {(m, s): "done" if m == "zero-shot" else "changed"
                       for m in ("sft", "dpo", "local", "zero-shot") for s in (0, 1)}
-    assert "server.kl_weight: 1.0 -> 0.5" in cell_status(cells[0]).detail
+    assert "server.kl_weight: 1.0 -> 0.5" in cell_status(cells[0], Path("out")).detail
     spec["base"]["clients"]["patience"] = 3  # back to the stored value
     _write(Path("spec.yaml"), spec)
     cells = expand(load_spec("spec.yaml"))
-    assert {cell_status(c).state for c in cells if c.method == "local"} == {"done"}
+    assert {cell_status(c, Path("out")).state for c in cells if c.method == "local"} == {"done"}
     shared = {Path(shared_round_zero(c, Path("out")).output_dir).name for c in cells if c.method == "sft"}
     assert shared == {p.name for p in Path("out/shared-round-zero/sst2/tiny").iterdir()}
 
@@ -441,7 +485,7 @@ def test_estimates_use_the_median_of_measured_cells(workspace):
     spec["seeds"] = [0, 1, 2]
     _write(Path("spec.yaml"), spec)
     cells = expand(load_spec("spec.yaml"))
-    statuses = [cell_status(c) for c in cells]
+    statuses = [cell_status(c, Path("out")) for c in cells]
     by_cell = dict(zip([(c.method, c.seed) for c in cells], estimates(cells, statuses), strict=True))
     measured = [json.loads((workspace / f"out/sst2/tiny/sft/seed-{s}/bench.json").read_text())["seconds"]
                 for s in (0, 1)]

@@ -1,7 +1,8 @@
 """``crosslm bench``: run a matrix of cells, each an ordinary run directory, and aggregate them.
 
-A cell is done when its directory has ``summary.json`` and a ``config.yaml`` equal to the one the
-spec resolves to; done cells are never run again. A cell with the same config but no summary is
+A cell is done when its directory, or else its record beside the results (bench_store), has
+``summary.json`` and a ``config.yaml`` equal to the one the spec resolves to; done cells are never
+run again. A cell with the same config but no summary is
 resumed after its last completed round (also when the spec only raised ``rounds``). A cell whose
 stored config differs is left alone and reported, unless ``rerun_changed`` says to start it again.
 Besides the run directory, the runner keeps ``bench.json`` (wall seconds over all attempts) and,
@@ -37,11 +38,11 @@ from crosslm.bench_estimate import estimate
 from crosslm.bench_results import duration, write_results
 from crosslm.bench_share import shared_round_zero, start_from_shared_round_zero
 from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
+from crosslm.bench_store import BENCH_FILE, keep_record, measured_seconds, record_path
 from crosslm.config import config_from_layers, settings_read
 from crosslm.errors import CrossLMError
 from crosslm.rundir import Mode, write_atomic
 
-BENCH_FILE = "bench.json"
 ERROR_FILE = "bench-error.txt"
 State = Literal["done", "todo", "resume", "changed", "skip"]
 
@@ -51,6 +52,7 @@ class Status:
     state: State
     detail: str = ""
     seconds: float | None = None  # measured wall time so far (bench.json)
+    folder: Path | None = None  # where the state was read: the run directory or the cell's record
 
 
 def _diff(old: object, new: object, prefix: str = "") -> list[str]:
@@ -70,32 +72,31 @@ def _stored_config(path: Path) -> dict | None:
         return None
 
 
-def _measured_seconds(path: Path) -> float | None:
-    bench_file = path / BENCH_FILE
-    return json.loads(bench_file.read_text(encoding="utf-8"))["seconds"] if bench_file.is_file() else None
-
-
-def cell_status(cell: Cell) -> Status:
-    """What the runner will do with this cell, from what its folder holds."""
+def cell_status(cell: Cell, results: Path) -> Status:
+    """What the runner will do with this cell, from what its run directory holds or, when this
+    machine has none, its record under ``results``."""
     if cell.skip:
         return Status("skip", cell.skip)
     note = f"last attempt failed: see {cell.path / ERROR_FILE}" if (cell.path / ERROR_FILE).is_file() else ""
-    seconds = _measured_seconds(cell.path)
-    if not (cell.path / "config.yaml").is_file():
+    folder = cell.path if (cell.path / "config.yaml").is_file() else record_path(cell, results)
+    if not (folder / "config.yaml").is_file():
         return Status("todo", note)
-    stored, new = _stored_config(cell.path), cell.config.model_dump()
+    seconds = measured_seconds(folder)
+    stored, new = _stored_config(folder), cell.config.model_dump()
     if stored is None:
-        return Status("changed", "stored config.yaml is not valid for this version of crosslm", seconds)
+        return Status("changed", f"{folder / 'config.yaml'} is not valid for this version of crosslm",
+                      seconds, folder)
     method = cell.config.method
     changed = _diff(settings_read(stored, method), settings_read(new, method))
-    if changed == ["rounds"] and new["rounds"] > stored["rounds"]:
-        return Status("resume", f"rounds {stored['rounds']} -> {new['rounds']}", seconds)
+    if changed == ["rounds"] and new["rounds"] > stored["rounds"] and folder == cell.path:
+        return Status("resume", f"rounds {stored['rounds']} -> {new['rounds']}", seconds, folder)
     if changed:
         detail = ", ".join(f"{k}: {_get(stored, k)!r} -> {_get(new, k)!r}" for k in changed)
-        return Status("changed", f"stored config differs: {detail}", seconds)
-    if (cell.path / "summary.json").is_file():
-        return Status("done", "", seconds)
-    return Status("resume", note, seconds)
+        where = "" if folder == cell.path else " (only its record is here: it cannot resume)"
+        return Status("changed", f"stored config differs{where}: {detail}", seconds, folder)
+    if (folder / "summary.json").is_file():
+        return Status("done", "", seconds, folder)
+    return Status("resume", note, seconds, folder)
 
 
 def _get(tree: dict, dotted: str) -> object:
@@ -144,9 +145,10 @@ def estimates(cells: list[Cell], statuses: list[Status]) -> list[tuple[float, st
     return out
 
 
-def dry_run(spec_path: Path, rerun_changed: bool, only: list[str], console: Console) -> None:
+def dry_run(spec_path: Path, rerun_changed: bool, only: list[str], results: Path | None,
+            console: Console) -> None:
     """Print every (selected) cell with its status and (estimated) seconds; loads no model."""
-    spec, cells, statuses = _statuses(spec_path)
+    spec, cells, statuses = _statuses(spec_path, results)
     rows = [row for row, keep in zip(zip(cells, statuses, estimates(cells, statuses), strict=True),
                                      selected(cells, only), strict=True) if keep]
     shown = f"{len(rows)} of {len(cells)}" if len(rows) < len(cells) else f"{len(cells)}"
@@ -183,7 +185,7 @@ def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str],
     the shared round 0 when it has one (bench_share)."""
     from crosslm.experiment import run_experiment
 
-    previous = _measured_seconds(cell.path) if mode == "resume" else None
+    previous = measured_seconds(cell.path) if mode == "resume" else None
     (cell.path / ERROR_FILE).unlink(missing_ok=True)
     if mode == "new":  # a new run needs an empty folder; it holds at most our files of a failed try
         (cell.path / BENCH_FILE).unlink(missing_ok=True)
@@ -212,17 +214,23 @@ def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str],
     return error
 
 
-def _statuses(spec_path: Path) -> tuple[BenchSpec, list[Cell], list[Status]]:
+def results_dir(spec: BenchSpec, results: Path | None) -> Path:
+    """Where the aggregated results and the cells' records go: ``--results``, else output_dir."""
+    return results or Path(spec.output_dir)
+
+
+def _statuses(spec_path: Path, results: Path | None) -> tuple[BenchSpec, list[Cell], list[Status]]:
     loaded = load_spec(spec_path)
     cells = expand(loaded)
-    return loaded.spec, cells, [cell_status(c) for c in cells]
+    out = results_dir(loaded.spec, results)
+    return loaded.spec, cells, [cell_status(c, out) for c in cells]
 
 
 def run_bench(spec_path: Path, rerun_changed: bool, only: list[str], results: Path | None,
               command: str, console: Console) -> int:
     """Run every (selected) cell that is not done, then aggregate all done cells; the exit code
     (1: a cell failed or was kept)."""
-    spec, cells, statuses = _statuses(spec_path)
+    spec, cells, statuses = _statuses(spec_path, results)
     keep = selected(cells, only)
     cells = [c for c, k in zip(cells, keep, strict=True) if k]
     statuses = [s for s, k in zip(statuses, keep, strict=True) if k]
@@ -255,7 +263,8 @@ def _run_jobs(jobs: list[tuple[Cell, Status]], output_dir: Path, console: Consol
         job = bar.add_task("cells", total=len(jobs))
         for cell, status in jobs:
             name = cell_name(cell)
-            mode: Mode = {"resume": "resume", "changed": "overwrite"}.get(status.state, "new")
+            mode: Mode = ("resume" if status.state == "resume" else
+                          "overwrite" if status.folder == cell.path else "new")
             bar.update(job, description=f"{name}: starting ({mode})")
             start = time.perf_counter()
             error = run_cell(cell, mode, output_dir, lambda message, name=name: bar.update(
@@ -272,13 +281,16 @@ def _run_jobs(jobs: list[tuple[Cell, Status]], output_dir: Path, console: Consol
 
 
 def aggregate_only(spec_path: Path, results: Path | None, command: str, console: Console) -> None:
-    """Aggregate the done cells into matrix.json, matrix.md and plots."""
-    spec, cells, statuses = _statuses(spec_path)
+    """Record the cells finished in this machine's run directories, then aggregate every recorded
+    cell into matrix.json, matrix.md and plots."""
+    spec, cells, statuses = _statuses(spec_path, results)
+    out = results_dir(spec, results)
     done = [c for c, s in zip(cells, statuses, strict=True) if s.state == "done"]
-    seconds = {c.path: s.seconds for c, s in zip(cells, statuses, strict=True) if s.state == "done"}
-    out = results or Path(spec.output_dir)
+    for cell, status in zip(cells, statuses, strict=True):
+        if status.state == "done" and status.folder == cell.path:
+            keep_record(cell, out)
     skipped = [c for c in cells if c.skip]
-    plots = write_results(spec.name, done, seconds, skipped, out, command)
+    plots = write_results(spec.name, done, skipped, out, command)
     console.print(f"aggregated {len(done)} finished cells of {len(cells)}: {out / 'matrix.json'}, "
                   f"{out / 'matrix.md'} and {len(plots)} plots in {out / 'plots'}",
                   highlight=False, soft_wrap=True)

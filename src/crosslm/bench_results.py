@@ -1,8 +1,8 @@
 """The aggregated results of a bench: matrix.json, matrix.md (tables, targets, machine) and plots.
 
 Only finished cells whose config matches the spec count. A row is one (task, setting, method)
-over its seeds; every figure is read from the cells' ``summary.json`` (generic keys, null where a
-method has no such figure) and the runner's wall time.
+over its seeds; every figure is read from the cells' records (bench_store): their metrics (generic
+keys, null where a method has no such figure) and the runner's wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from crosslm.bench_spec import Cell
+from crosslm.bench_store import measured_seconds, record_path
 from crosslm.report import summarise
 from crosslm.rundir import load_metrics, write_atomic
 
@@ -34,15 +35,16 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
             statistics.stdev(numbers) if len(numbers) > 1 else None)
 
 
-def aggregate(cells: list[Cell], seconds: dict[Path, float | None]) -> list[dict]:
+def aggregate(cells: list[Cell], results: Path) -> list[dict]:
     """One row per (task, setting, method) of finished cells, in spec order; each cell's figures
-    are summarised afresh from its metrics.jsonl, so every row follows today's definitions."""
+    are summarised afresh from its recorded metrics.jsonl, so every row follows today's definitions."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.task, cell.setting, cell.method), []).append(cell)
     rows = []
     for (task, setting, method), group in groups.items():
-        summaries = [summarise(load_metrics(c.path)) for c in group]
+        records = [record_path(c, results) for c in group]
+        summaries = [summarise(load_metrics(record)) for record in records]
         stats = {key: _mean_std([s.get(key) for s in summaries]) for key in FIGURES}
         by_seed = {str(c.seed): {key: s.get(key) for key in FIGURES}
                    for c, s in zip(group, summaries, strict=True)}
@@ -52,7 +54,7 @@ def aggregate(cells: list[Cell], seconds: dict[Path, float | None]) -> list[dict
             "llm_acc_mean": stats["llm_acc"][0], "llm_acc_std": stats["llm_acc"][1],
             "wikitext2_ppl": stats["wikitext2_ppl"][0], "arc_easy_acc": stats["arc_easy_acc"][0],
             "bytes_per_client_per_round": stats["bytes_per_client_per_round"][0],
-            "seconds_mean": _mean_std([seconds.get(c.path) for c in group])[0],
+            "seconds_mean": _mean_std([measured_seconds(record) for record in records])[0],
             "by_seed": by_seed,
         })
     return rows
@@ -161,13 +163,14 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
     return "\n".join(lines) + "\n"
 
 
-def draw(cells: list[Cell], out: Path) -> dict[tuple[str, str], list[Path]]:
+def draw(cells: list[Cell], results: Path, out: Path) -> dict[tuple[str, str], list[Path]]:
     """Per (task, setting): accuracy per round, synthetic data quality and communication."""
     from crosslm import plots
 
     groups: dict[tuple[str, str], dict[str, list[Path]]] = {}
     for cell in cells:
-        groups.setdefault((cell.task, cell.setting), {}).setdefault(cell.method, []).append(cell.path)
+        groups.setdefault((cell.task, cell.setting), {}).setdefault(cell.method, []).append(
+            record_path(cell, results))
     return {(task, setting): [
         figure(runs, out / f"{task}-{setting}-{kind}.png", f"{task}, {setting}")
         for kind, figure in (("accuracy", plots.accuracy_per_round), ("synthetic", plots.synthetic_quality),
@@ -175,14 +178,14 @@ def draw(cells: list[Cell], out: Path) -> dict[tuple[str, str], list[Path]]:
         for (task, setting), runs in groups.items()}
 
 
-def write_results(name: str, done: list[Cell], seconds: dict[Path, float | None], skipped: list[Cell],
-                  out: Path, command: str) -> list[Path]:
-    """matrix.json, matrix.md and the plots under ``out``; the plots written."""
+def write_results(name: str, done: list[Cell], skipped: list[Cell], out: Path, command: str) -> list[Path]:
+    """matrix.json, matrix.md and the plots under ``out``, from the done cells' records there; the
+    plots written."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = aggregate(done, seconds)
-    figures = draw(done, out / "plots")
+    rows = aggregate(done, out)
+    figures = draw(done, out, out / "plots")
     kinds = {c.method: c.config.method for c in done}
-    wall = sum(s for s in seconds.values() if s is not None)
+    wall = sum(s for c in done if (s := measured_seconds(record_path(c, out))) is not None)
     write_atomic(out / "matrix.json", json.dumps(rows, indent=2) + "\n")
     write_atomic(out / "matrix.md", markdown(name, rows, kinds, skipped, figures, command, wall, out))
     return [p for paths in figures.values() for p in paths]

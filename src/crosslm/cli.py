@@ -165,8 +165,9 @@ def bench(
     aggregate_only: Annotated[bool, typer.Option(help="only aggregate the finished cells")] = False,
     rerun_changed: Annotated[bool, typer.Option(help="start again (deleting them) the cells whose "
                                                 "stored config differs from the spec")] = False,
-    results: Annotated[Path | None, typer.Option(help="folder for matrix.json, matrix.md and plots "
-                                                 "(default: the spec's output_dir)")] = None,
+    results: Annotated[Path | None, typer.Option(help="folder for matrix.json, matrix.md, plots and "
+                                                 "the finished cells' records (default: the spec's "
+                                                 "output_dir)")] = None,
     only: Annotated[list[str] | None, typer.Option(help="run (or list) only the cells whose "
                                                    "task/setting/method/seed-N matches this glob, "
                                                    "e.g. 'sst2/*/*/seed-0'; repeatable")] = None,
@@ -188,7 +189,7 @@ def bench(
     previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if dry_run:
-            runner.dry_run(spec, rerun_changed, only, console)
+            runner.dry_run(spec, rerun_changed, only, results, console)
         elif aggregate_only:
             runner.aggregate_only(spec, results, command, console)
         elif runner.run_bench(spec, rerun_changed, only, results, command, console):
