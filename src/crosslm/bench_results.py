@@ -163,8 +163,9 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
     return "\n".join(lines) + "\n"
 
 
-def draw(cells: list[Cell], results: Path, out: Path) -> dict[tuple[str, str], list[Path]]:
-    """Per (task, setting): accuracy per round, synthetic data quality and communication."""
+def draw(cells: list[Cell], results: Path) -> dict[tuple[str, str], list[Path]]:
+    """Per (task, setting), under ``results/plots``: accuracy per round, synthetic data quality and
+    communication."""
     from crosslm import plots
 
     groups: dict[tuple[str, str], dict[str, list[Path]]] = {}
@@ -172,7 +173,7 @@ def draw(cells: list[Cell], results: Path, out: Path) -> dict[tuple[str, str], l
         groups.setdefault((cell.task, cell.setting), {}).setdefault(cell.method, []).append(
             record_path(cell, results))
     return {(task, setting): [
-        figure(runs, out / f"{task}-{setting}-{kind}.png", f"{task}, {setting}")
+        figure(runs, results / "plots" / f"{task}-{setting}-{kind}.png", f"{task}, {setting}")
         for kind, figure in (("accuracy", plots.accuracy_per_round), ("synthetic", plots.synthetic_quality),
                              ("communication", plots.communication_per_round))]
         for (task, setting), runs in groups.items()}
@@ -183,7 +184,7 @@ def write_results(name: str, done: list[Cell], skipped: list[Cell], out: Path, c
     plots written."""
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(done, out)
-    figures = draw(done, out, out / "plots")
+    figures = draw(done, out)
     kinds = {c.method: c.config.method for c in done}
     wall = sum(s for c in done if (s := measured_seconds(record_path(c, out))) is not None)
     write_atomic(out / "matrix.json", json.dumps(rows, indent=2) + "\n")
