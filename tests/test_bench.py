@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from crosslm.bench import cell_status, estimates
 from crosslm.bench_estimate import model_seconds
-from crosslm.bench_results import FIGURES, target_rows
+from crosslm.bench_results import FIGURES, machine_name, target_rows
 from crosslm.bench_share import shared_round_zero
 from crosslm.bench_spec import expand, load_spec
 from crosslm.cli import app
@@ -237,7 +237,8 @@ def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
     for cell in cells:
         files = {p.name for p in cell.iterdir()}
         assert {"config.yaml", "metrics.jsonl", "summary.json", "bench.json"} <= files
-        assert json.loads((cell / "bench.json").read_text())["seconds"] > 0
+        bench = json.loads((cell / "bench.json").read_text())
+        assert bench["seconds"] > 0 and bench["machine"] == machine_name()
     rows = json.loads((workspace / "out" / "matrix.json").read_text())
     assert [(r["task"], r["setting"], r["method"], r["seeds"]) for r in rows] == [
         ("sst2", "tiny", method, [0, 1]) for method in ("sft", "dpo", "local", "zero-shot")]
@@ -333,6 +334,22 @@ def test_a_fresh_checkout_with_only_the_records_skips_every_cell_and_aggregates_
     assert not (workspace / "out/sst2").exists()
     assert json.loads(Path("out/matrix.json").read_text()) == before
     assert len(list((workspace / "out/plots").glob("*.png"))) == 3
+
+
+def test_the_results_say_which_machine_ran_each_cell(workspace):
+    """Cells of one matrix may come from several machines (records committed from elsewhere), and
+    records written before bench.json kept the machine have none."""
+    elsewhere = {"seconds": 5.0, "machine": "Other CPU, 8 cores, torch 2.13.0+cpu"}
+    (workspace / "out/sst2/tiny/sft/seed-0/bench.json").write_text(json.dumps(elsewhere))
+    (workspace / "out/sst2/tiny/local/seed-1/bench.json").write_text(json.dumps({"seconds": 5.0}))
+    result = _invoke("bench", "spec.yaml", "--aggregate-only")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(Path("out/matrix.json").read_text())
+    machines = {(r["method"], seed): cell["machine"] for r in rows for seed, cell in r["by_seed"].items()}
+    assert machines.pop(("sft", "0")) == elsewhere["machine"] and machines.pop(("local", "1")) is None
+    assert set(machines.values()) == {machine_name()}
+    assert (f"- machines: {machine_name()} (6 cells); Other CPU, 8 cores, torch 2.13.0+cpu (1 cell); "
+            "not recorded (1 cell)\n") in Path("out/matrix.md").read_text()
 
 
 def test_a_recorded_cell_whose_config_changed_starts_again_when_asked(workspace):

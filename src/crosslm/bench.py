@@ -5,8 +5,8 @@ A cell is done when its directory, or else its record beside the results (bench_
 run again. A cell with the same config but no summary is
 resumed after its last completed round (also when the spec only raised ``rounds``). A cell whose
 stored config differs is left alone and reported, unless ``rerun_changed`` says to start it again.
-Besides the run directory, the runner keeps ``bench.json`` (wall seconds over all attempts) and,
-after a failure, ``bench-error.txt`` in the cell's folder.
+Besides the run directory, the runner keeps ``bench.json`` (wall seconds over all attempts, and
+the machine that ran them) and, after a failure, ``bench-error.txt`` in the cell's folder.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 from crosslm.bench_estimate import estimate
-from crosslm.bench_results import duration, write_results
+from crosslm.bench_results import duration, machine_name, write_results
 from crosslm.bench_share import shared_round_zero, start_from_shared_round_zero
 from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
 from crosslm.bench_store import BENCH_FILE, keep_record, measured_seconds, record_path
@@ -208,7 +208,8 @@ def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str],
     finally:  # a stopped attempt's time counts too: the cell resumes from it
         cell.path.mkdir(parents=True, exist_ok=True)
         seconds = time.perf_counter() - start + (previous or 0.0)
-        write_atomic(cell.path / BENCH_FILE, json.dumps({"seconds": round(seconds, 1)}))
+        write_atomic(cell.path / BENCH_FILE,
+                     json.dumps({"seconds": round(seconds, 1), "machine": machine_name()}))
     if error is not None:
         write_atomic(cell.path / ERROR_FILE, f"{error}\n\nlast progress messages:\n" + "\n".join(log[-20:]))
     return error

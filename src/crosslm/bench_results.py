@@ -11,12 +11,13 @@ import json
 import os
 import platform
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
 from crosslm.bench_spec import Cell
-from crosslm.bench_store import measured_seconds, record_path
+from crosslm.bench_store import measured_on, measured_seconds, record_path
 from crosslm.report import summarise
 from crosslm.rundir import load_metrics, write_atomic
 
@@ -46,8 +47,8 @@ def aggregate(cells: list[Cell], results: Path) -> list[dict]:
         records = [record_path(c, results) for c in group]
         summaries = [summarise(load_metrics(record)) for record in records]
         stats = {key: _mean_std([s.get(key) for s in summaries]) for key in FIGURES}
-        by_seed = {str(c.seed): {key: s.get(key) for key in FIGURES}
-                   for c, s in zip(group, summaries, strict=True)}
+        by_seed = {str(c.seed): {key: s.get(key) for key in FIGURES} | {"machine": measured_on(record)}
+                   for c, s, record in zip(group, summaries, records, strict=True)}
         rows.append({
             "task": task, "setting": setting, "method": method, "seeds": [c.seed for c in group],
             "slm_acc_mean": stats["slm_acc"][0], "slm_acc_std": stats["slm_acc"][1],
@@ -70,6 +71,19 @@ def machine() -> dict:
                platform.processor() or "unknown CPU")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": version("torch"), "flwr": version("flwr")}
+
+
+def machine_name() -> str:
+    """This machine in one line, as a cell's bench.json records it."""
+    host = machine()
+    return f"{host['cpu']}, {host['cores']} cores, torch {host['torch']}"
+
+
+def _machines_line(rows: list[dict]) -> str:
+    """Which machines ran the cells, and how many each: cells of one matrix may come from several."""
+    counts = Counter(cell["machine"] or "not recorded" for r in rows for cell in r["by_seed"].values())
+    return "- machines: " + "; ".join(f"{name} ({n} cell{'s' * (n != 1)})"
+                                      for name, n in counts.most_common())
 
 
 # (description, figure, reference method, check(value, reference)); on every crosslm method
@@ -127,12 +141,11 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[str]) -> list[
 def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[Cell],
              plots: dict[tuple[str, str], list[Path]], command: str, wall_seconds: float,
              results: Path) -> str:
-    host = machine()
     lines = [f"# {name}", "",
              f"{sum(len(r['seeds']) for r in rows)} finished cells in {len(rows)} rows; mean ± sample "
              "std over seeds; accuracy in %.", "",
              f"- command: `{command}`",
-             f"- machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}",
+             _machines_line(rows),
              f"- total wall time of the cells: {duration(wall_seconds)} ({wall_seconds:,.0f} s)",
              "- s/cell: mean wall time per cell; the first CrossLM or synthetic-no-feedback cell of a "
              "task, setting and seed also ran the round 0 that the others copy (bench_share.py)"]

@@ -17,15 +17,24 @@ from pathlib import Path
 from crosslm.bench_spec import Cell
 from crosslm.rundir import load_samples, write_atomic
 
-BENCH_FILE = "bench.json"  # the runner's wall seconds over all attempts of a cell
+BENCH_FILE = "bench.json"  # the runner's wall seconds over all attempts of a cell, and its machine
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json", BENCH_FILE)
 # what the plots read of a scored sample; the text stays in the run directory
 SAMPLE_FIELDS = ("label", "soft_label", "quality", "accepted")
 
 
-def measured_seconds(folder: Path) -> float | None:
+def _bench(folder: Path) -> dict:
     bench_file = folder / BENCH_FILE
-    return json.loads(bench_file.read_text(encoding="utf-8"))["seconds"] if bench_file.is_file() else None
+    return json.loads(bench_file.read_text(encoding="utf-8")) if bench_file.is_file() else {}
+
+
+def measured_seconds(folder: Path) -> float | None:
+    return _bench(folder).get("seconds")
+
+
+def measured_on(folder: Path) -> str | None:
+    """The machine that ran the cell; None for cells recorded before bench.json kept it."""
+    return _bench(folder).get("machine")
 
 
 def record_path(cell: Cell, results: Path) -> Path:
