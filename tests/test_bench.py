@@ -118,7 +118,8 @@ def test_fedavg_with_two_slm_names_is_skipped_with_the_reason(tmp_path):
 
 # --- estimates and dry run ------------------------------------------------------------------------
 
-def test_size_model_grows_with_the_work_a_method_does(tmp_path):
+def test_size_model_grows_with_the_work_a_method_does(tmp_path, monkeypatch):
+    monkeypatch.delenv("CROSSLM_DATA_DIR", raising=False)  # the nominal test size: no data needed
     spec = _spec(methods={"crosslm": {}, "zero-shot": {"method": "llm-zero-shot"}})
     base = {c.method: c.config for c in expand(load_spec(_write(tmp_path / "a.yaml", spec)))}
     more = _spec(methods=spec["methods"], base={"rounds": 4, "clients": {"examples_per_client": 128}})
