@@ -68,8 +68,9 @@ class Client:
     def _model_after(self, round_: int | None) -> TextClassifier:
         """The SLM as it was after ``round_`` (None: freshly initialised)."""
         if self._classifier is None:
-            self._classifier = build_classifier(self.model_name, self.task,
-                                                self.config.lora_rank, self.seed)
+            self._classifier = build_classifier(self.model_name, self.task, self.config.lora_rank, self.seed,
+                                                device=self.config.device,
+                                                lora_target_modules=self.config.lora_target_modules)
             self._classifier_round = None
             self._initial_state = {k: v.clone() for k, v in
                                    self._classifier.trainable_state().items()}

@@ -24,6 +24,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=16, ge=1)
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+DEVICE_DESCRIPTION = ("auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N; bfloat16 on GPUs "
+                      "that support it when dtype is auto")
+LoraTargetModules = list[str] | Literal["all-linear"] | None
+
+
 class ClientsConfig(_Section):
     num_clients: int = Field(default=4, ge=1)
     examples_per_client: int = Field(default=128, ge=1)
@@ -44,6 +50,12 @@ class ClientsConfig(_Section):
         description="share of the accepted samples' loss that matches the aggregated soft label",
     )
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank for causal-LM SLMs")
+    lora_target_modules: LoraTargetModules = Field(
+        default=None, description="modules LoRA adapts in causal-LM SLMs: module names or all-linear; None: "
+                                  "PEFT's default for the architecture (encoders are fine-tuned whole)")
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN,
+                        description=f"where each SLM runs: {DEVICE_DESCRIPTION}; a Flower SuperNode's "
+                                    "'device' node config overrides it for its silo")
     reply_timeout: float | None = Field(
         default=None, gt=0,
         description="Flower engines: seconds to wait for replies; a client that misses it sits the "
@@ -54,7 +66,18 @@ class ClientsConfig(_Section):
 class ServerConfig(_Section):
     llm: str = "gemma3-270m"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN,
+                        description=f"where the LLM runs: {DEVICE_DESCRIPTION}; auto shards an LLM that "
+                                    "fits no single GPU over several (device_map=auto)")
     lora_rank: int = Field(default=8, ge=1)
+    lora_target_modules: LoraTargetModules = Field(
+        default=None, description="modules the LLM's LoRA adapters adapt: module names or all-linear; "
+                                  "None: PEFT's default for the architecture")
+    gradient_checkpointing: bool = Field(
+        default=False, description="S3/S5: recompute activations in the backward pass; less GPU memory "
+                                   "for a large LLM's adapter training, about a third more time")
+    optimizer: Literal["adamw", "adafactor"] = Field(
+        default="adamw", description="S3/S5 optimizer of the LLM's adapters; adafactor keeps less state")
     # at lr 5e-4 x 1, round 2 of S5 could undo round 1 (docs/experiments.md, "Ablations")
     classifier_training: TrainConfig = TrainConfig(lr=1e-4, epochs=2, batch_size=8)
     classifier_loss: Literal["label", "distill"] = "label"
@@ -72,6 +95,10 @@ class GenerationConfig(_Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     batch_size: int = Field(default=32, ge=1)
     min_words: int = Field(default=3, ge=1)
+    prompt_format: Literal["completion", "chat"] = Field(
+        default="completion", description="completion: few-shot text for a base LLM; chat: S1 and the LLM's "
+                                          "classifier prompt through its tokenizer's chat template "
+                                          "(instruction-tuned LLMs)")
 
 
 class FeedbackConfig(_Section):

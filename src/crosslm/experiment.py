@@ -73,7 +73,11 @@ def build_federation(config: ExperimentConfig, data: ExperimentData, run_dir: Pa
 def build_server(config: ExperimentConfig, task: TaskSpec) -> Server:
     if config.method == "llm-few-shot":
         task = few_shot_task(task, config.evaluation.few_shot_per_label, config.seed)
-    llm = ServerLLM(config.server.llm, task, config.server.lora_rank, config.seed, config.server.dtype)
+    s = config.server
+    llm = ServerLLM(s.llm, task, s.lora_rank, config.seed, s.dtype, device=s.device,
+                    lora_target_modules=s.lora_target_modules,
+                    gradient_checkpointing=s.gradient_checkpointing,
+                    prompt_format=config.generation.prompt_format)
     return Server(config, task, llm)
 
 
@@ -83,7 +87,9 @@ def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, prog
     federation = (build_federation(config, data, run.path, progress)
                   if config.method in CLIENT_METHODS else None)
     if config.method == "fedavg":  # one global SLM, initialised once, as every client's start
-        model = build_classifier(config.clients.slm[0], data.task, config.clients.lora_rank, config.seed)
+        c = config.clients
+        model = build_classifier(c.slm[0], data.task, c.lora_rank, config.seed, device=c.device,
+                                 lora_target_modules=c.lora_target_modules)
         slm_test = data.test[:config.evaluation.slm_test_size]
         return FedAvgLoop(config, federation, run, model, slm_test, progress)
     llm_test = data.test[:config.evaluation.llm_test_size]

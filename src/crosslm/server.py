@@ -46,7 +46,7 @@ class Server:
         prompts, labels = [], []
         for label in range(self.task.num_labels):
             for _ in range(gen.samples_per_label):
-                prompts.append(self.task.generation_prompt(label, self._demonstrations(label, rng)))
+                prompts.append(self.llm.generation_prompt(label, self._demonstrations(label, rng)))
                 labels.append(label)
         params = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_k, gen.top_p)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + round_)
@@ -64,7 +64,7 @@ class Server:
     def improve_generator(self, scored: list[ScoredSample], round_: int) -> dict[str, float]:
         """S3."""
         return improve_generator(self.llm, scored, self.task, self.config.feedback,
-                                 self.config.seed + round_)
+                                 self.config.seed + round_, optimizer=self.config.server.optimizer)
 
     def select(self, scored: list[ScoredSample]) -> list[ScoredSample]:
         """S4, and the in-context feedback for the next round's prompts."""
@@ -98,7 +98,8 @@ class Server:
         regularizer = (lambda texts: weight * self.llm.kl_to_base(texts, positions)) if weight else None
         metrics = train_classifier(self.llm.classifier, items, lr=budget.lr, epochs=budget.epochs,
                                    batch_size=budget.batch_size, seed=self.config.seed + round_,
-                                   distill_weight=distill, regularizer=regularizer)
+                                   distill_weight=distill, regularizer=regularizer,
+                                   optimizer=self.config.server.optimizer)
         return {"llm_train_samples": float(len(items)), "llm_train_loss": metrics["train_loss"]}
 
     # -- state between rounds, for resuming ---------------------------------------------------

@@ -18,11 +18,17 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from crosslm.errors import CrossLMError
+from crosslm.models.devices import input_device
+from crosslm.models.prompts import PromptFormat, classify_prompt
 from crosslm.tasks.spec import TaskSpec
+
+LoraTargets = list[str] | str | None  # module names, "all-linear", or None: PEFT's default
 
 
 class TextClassifier(nn.Module):
@@ -53,7 +59,7 @@ class TextClassifier(nn.Module):
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         self.eval()
-        chunks = [torch.softmax(self.label_logits(texts[i:i + batch_size]).float(), dim=-1)
+        chunks = [torch.softmax(self.label_logits(texts[i:i + batch_size]).float(), dim=-1).cpu()
                   for i in range(0, len(texts), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, self.num_labels)
 
@@ -65,11 +71,11 @@ class EncoderClassifier(TextClassifier):
         super().__init__()
         self.encoder, self.tokenizer, self.num_labels = encoder, tokenizer, num_labels
         self.max_length = max_length
-        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels).to(input_device(encoder))
 
     def label_logits(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_length)
+                             max_length=self.max_length).to(input_device(self.encoder))
         hidden = self.encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         mask = enc.attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
         pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -93,9 +99,40 @@ def verbalizer_token_ids(tokenizer, task: TaskSpec) -> list[int]:
     return ids
 
 
-def lora_config(rank: int) -> LoraConfig:
+def lora_targets(model: nn.Module, setting: LoraTargets, section: str) -> list[str] | str:
+    """The modules LoRA adapts: the setting, else PEFT's default for the model's architecture.
+
+    ``section`` is the config section the error names (server or clients).
+    """
+    if setting is not None:
+        return setting
+    model_type = model.config.model_type
+    default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if default is None:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, nn.Linear | Conv1D)})
+        raise CrossLMError(
+            f"PEFT has no default LoRA target modules for the '{model_type}' architecture "
+            f"({type(model).__name__}): set {section}.lora_target_modules to a list of its module "
+            f"names (its linear layers: {', '.join(linear)}) or to all-linear")
+    return list(default)
+
+
+def lora_config(rank: int, target_modules: list[str] | str) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+                      target_modules=target_modules, task_type="CAUSAL_LM")
+
+
+def with_lora(model: nn.Module, rank: int, setting: LoraTargets, section: str, adapter: str = "default"):
+    """``model`` wrapped by PEFT with one LoRA adapter; a bad target list is a clear error."""
+    from peft import get_peft_model
+
+    targets = lora_targets(model, setting, section)
+    try:
+        return get_peft_model(model, lora_config(rank, targets), adapter_name=adapter)
+    except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
+        raise CrossLMError(f"{section}.lora_target_modules {targets!r} cannot adapt "
+                           f"{type(model).__name__}: {err}") from None
 
 
 class LoraAdapter:
@@ -128,9 +165,10 @@ class VerbalizerClassifier(TextClassifier):
     """
 
     def __init__(self, model: nn.Module, tokenizer, task: TaskSpec, adapter: str = "default",
-                 max_length: int = 256):
+                 max_length: int = 256, prompt_format: PromptFormat = "completion"):
         super().__init__()
         self.model, self.tokenizer, self.task, self.adapter = model, tokenizer, task, adapter
+        self.prompt_format = prompt_format
         self.lora = LoraAdapter(model, adapter)
         self.num_labels = task.num_labels
         self.max_length = max_length
@@ -138,12 +176,15 @@ class VerbalizerClassifier(TextClassifier):
 
     def label_logits(self, texts: list[str]) -> torch.Tensor:
         self.model.set_adapter(self.adapter)
-        prompts = [self.task.classify_prompt(t) for t in texts]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_length)
+        enc = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_length).to(input_device(self.model))
         out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                          logits_to_keep=1)
         return out.logits[:, -1, self.label_token_ids]
+
+    def prompts(self, texts: list[str]) -> list[str]:
+        """The classification prompt of each text, in this classifier's prompt format."""
+        return [classify_prompt(self.task, t, self.prompt_format, self.tokenizer) for t in texts]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.lora.state()
@@ -156,16 +197,14 @@ class VerbalizerClassifier(TextClassifier):
         return self.lora.parameters()
 
 
-def build_classifier(model_name: str, task: TaskSpec, lora_rank: int, seed: int,
-                     dtype: str = "auto") -> TextClassifier:
+def build_classifier(model_name: str, task: TaskSpec, lora_rank: int, seed: int, dtype: str = "auto",
+                     *, device: str = "cpu", lora_target_modules: LoraTargets = None) -> TextClassifier:
     """A fresh client SLM: encoder + head, or causal LM + LoRA scored by verbalizers."""
-    from peft import get_peft_model
-
     from crosslm.models.loading import load_causal_lm, load_encoder, model_kind
 
     torch.manual_seed(seed)  # the new head / LoRA weights
     if model_kind(model_name) == "encoder":
-        encoder, tokenizer = load_encoder(model_name)
+        encoder, tokenizer = load_encoder(model_name, device)
         return EncoderClassifier(encoder, tokenizer, task.num_labels)
-    model, tokenizer = load_causal_lm(model_name, dtype)
-    return VerbalizerClassifier(get_peft_model(model, lora_config(lora_rank)), tokenizer, task)
+    model, tokenizer = load_causal_lm(model_name, dtype, device)
+    return VerbalizerClassifier(with_lora(model, lora_rank, lora_target_modules, "clients"), tokenizer, task)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
 
-from crosslm.models.classifier import LoraAdapter, VerbalizerClassifier, lora_config
+from crosslm.models.classifier import LoraAdapter, LoraTargets, VerbalizerClassifier, lora_config, with_lora
+from crosslm.models.devices import input_device
 from crosslm.models.loading import load_causal_lm
+from crosslm.models.prompts import PromptFormat, check_prompt_format, generation_prompt
 from crosslm.models.sampling import SamplingParams, sample_completions
 from crosslm.tasks.spec import TaskSpec
 
@@ -25,13 +26,26 @@ GENERATOR, CLASSIFIER = "generator", "classifier"
 
 
 class ServerLLM:
-    def __init__(self, model_name: str, task: TaskSpec, lora_rank: int, seed: int, dtype: str = "auto"):
-        base, self.tokenizer = load_causal_lm(model_name, dtype)
+    def __init__(self, model_name: str, task: TaskSpec, lora_rank: int, seed: int, dtype: str = "auto", *,
+                 device: str = "cpu", lora_target_modules: LoraTargets = None,
+                 gradient_checkpointing: bool = False, prompt_format: PromptFormat = "completion"):
+        base, self.tokenizer = load_causal_lm(model_name, dtype, device, shardable=True, section="server")
+        check_prompt_format(prompt_format, self.tokenizer, model_name)
+        self.prompt_format = prompt_format
+        if gradient_checkpointing:  # recompute activations in backward: less memory, more time
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(seed)  # the adapters' initial weights
-        self.model = get_peft_model(base, lora_config(lora_rank), adapter_name=CLASSIFIER)
-        self.model.add_adapter(GENERATOR, lora_config(lora_rank))
-        self.classifier = VerbalizerClassifier(self.model, self.tokenizer, task, adapter=CLASSIFIER)
+        self.model = with_lora(base, lora_rank, lora_target_modules, "server", adapter=CLASSIFIER)
+        targets = self.model.peft_config[CLASSIFIER].target_modules
+        self.model.add_adapter(GENERATOR, lora_config(lora_rank, targets))
+        self.classifier = VerbalizerClassifier(self.model, self.tokenizer, task, adapter=CLASSIFIER,
+                                               prompt_format=prompt_format)
         self.generator = LoraAdapter(self.model, GENERATOR)
+
+    def generation_prompt(self, label: int, demonstrations: list[str]) -> str:
+        """S1's prompt for one sample of ``label``, in this LLM's prompt format."""
+        return generation_prompt(self.classifier.task, label, demonstrations, self.prompt_format,
+                                 self.tokenizer)
 
     def generate(self, prompts: list[str], params: SamplingParams, generator: torch.Generator,
                  batch_size: int) -> list[str]:
@@ -52,14 +66,17 @@ class ServerLLM:
                 for c in completions]
         width = len(prompt_ids) + max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([prompt_ids + r + [pad] * (width - len(prompt_ids) - len(r)) for r in rows])
+        device = input_device(self.model)
+        ids = torch.tensor([prompt_ids + r + [pad] * (width - len(prompt_ids) - len(r)) for r in rows],
+                           device=device)
         mask = torch.tensor([[1] * (len(prompt_ids) + len(r)) + [0] * (width - len(prompt_ids) - len(r))
-                             for r in rows])
+                             for r in rows], device=device)
         keep = width - len(prompt_ids) + 1
         logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1]
-        targets = ids[:, len(prompt_ids):]
+        # a sharded model's logits come out on its last GPU
+        targets, completion_mask = ids[:, len(prompt_ids):].to(logits.device), mask[:, len(prompt_ids):]
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-        return (logp * mask[:, len(prompt_ids):]).sum(-1)
+        return (logp * completion_mask.to(logits.device)).sum(-1)
 
     def kl_to_base(self, texts: list[str], positions: int) -> torch.Tensor:
         """Mean KL(base || adapted) of next-token distributions over the prompts' last positions.
@@ -68,14 +85,14 @@ class ServerLLM:
         LLM says at the label position without drifting elsewhere: the LLM keeps
         its general ability (measured: WikiText-2 perplexity +37 % without it).
         """
-        prompts = [self.classifier.task.classify_prompt(t) for t in texts]
+        prompts = self.classifier.prompts(texts)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.classifier.max_length)
+                             max_length=self.classifier.max_length).to(input_device(self.model))
         keep = positions + 1  # the last position is the label's, which the task loss owns
         adapted = self.model(**enc, logits_to_keep=keep).logits[:, :-1].float()
         with torch.no_grad(), self.model.disable_adapter():
             base = self.model(**enc, logits_to_keep=keep).logits[:, :-1].float()
-        mask = enc.attention_mask[:, -keep:-1].float()
+        mask = enc.attention_mask[:, -keep:-1].float().to(adapted.device)
         kl = F.kl_div(F.log_softmax(adapted, -1), F.log_softmax(base, -1), log_target=True,
                       reduction="none").sum(-1)
         return (kl * mask).sum() / mask.sum().clamp(min=1)

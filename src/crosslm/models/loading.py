@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from crosslm.errors import CrossLMError
+from crosslm.models import devices
+from crosslm.models.devices import detect_hardware
 
 CACHE_ENV = "CROSSLM_CACHE"
 
@@ -54,17 +56,9 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "crosslm"))
 
 
-def choose_dtype(setting: str = "auto") -> torch.dtype:
-    """bfloat16 only where the CPU has AMX (or on a GPU); it is slower than float32 elsewhere."""
-    if setting != "auto":
-        return getattr(torch, setting)
-    if torch.cuda.is_available():
-        return torch.bfloat16
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if "amx_bf16" in flags else torch.float32
+def choose_dtype(setting: str = "auto", device: str = "cpu") -> torch.dtype:
+    """bfloat16 on a GPU that supports it and on CPUs with AMX; float32 elsewhere (see ``devices``)."""
+    return devices.choose_dtype(setting, device, detect_hardware())
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -114,8 +108,6 @@ def model_kind(name: str) -> str:
     source, kind = resolve_model(name)
     if kind is not None:
         return kind
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(source)
     return "causal" if getattr(config, "is_decoder", False) or any(
         a.endswith("ForCausalLM") for a in (config.architectures or [])) else "encoder"
@@ -131,14 +123,34 @@ def load_tokenizer(source: str, causal: bool) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: str = "auto"):
-    """A causal LM and its left-padding tokenizer."""
-    source, _ = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=choose_dtype(dtype))
-    return model, load_tokenizer(source, causal=True)
+def count_parameters(source: str, causal: bool) -> int:
+    """The model's parameter count from its config alone: built on the meta device, nothing loaded."""
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
-def load_encoder(name: str):
-    """A bare encoder (no task head) and its tokenizer."""
+def _load(name: str, *, causal: bool, device: str, dtype: str | None, shardable: bool, section: str):
+    """``dtype`` None: the checkpoint's own dtype (sized as float32, the usual case)."""
     source, _ = resolve_model(name)
-    return AutoModel.from_pretrained(source), load_tokenizer(source, causal=False)
+    placement, chosen = devices.plan_load(
+        name, count_parameters(source, causal), device=device, dtype=dtype or "float32",
+        hardware=detect_hardware(), shardable=shardable, section=section)
+    # on the CPU, no device_map: the load stays exactly what it was before devices were chosen
+    kwargs = {"device_map": placement.device_map} if placement.is_gpu else {}
+    if dtype is not None:
+        kwargs["dtype"] = chosen
+    model_class = AutoModelForCausalLM if causal else AutoModel
+    return model_class.from_pretrained(source, **kwargs), load_tokenizer(source, causal=causal)
+
+
+def load_causal_lm(name: str, dtype: str = "auto", device: str = "cpu", *, shardable: bool = False,
+                   section: str = "clients"):
+    """A causal LM and its left-padding tokenizer; ``shardable`` lets ``auto`` spread it over GPUs."""
+    return _load(name, causal=True, device=device, dtype=dtype, shardable=shardable, section=section)
+
+
+def load_encoder(name: str, device: str = "cpu"):
+    """A bare encoder (no task head) and its tokenizer, in the checkpoint's dtype (fine-tuned whole)."""
+    return _load(name, causal=False, device=device, dtype=None, shardable=False, section="clients")

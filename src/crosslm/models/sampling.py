@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from crosslm.models.devices import input_device
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -27,7 +29,8 @@ def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generat
     probs = torch.softmax(values, dim=-1)
     outside_top_p = probs.cumsum(-1) - probs > params.top_p
     probs = probs.masked_fill(outside_top_p, 0.0)
-    choice = torch.multinomial(probs, 1, generator=generator)
+    # drawn where the generator lives (the CPU), so a seed gives the same draws on every device
+    choice = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(indices.device)
     return indices.gather(-1, choice).squeeze(-1)
 
 
@@ -39,7 +42,7 @@ def sample_completions(model, tokenizer, prompts: list[str], params: SamplingPar
     Rows that reached the stop leave the batch (and the KV cache), so a batch costs
     what its unfinished rows cost, not what its longest sample costs.
     """
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(input_device(model))
     attention = enc.attention_mask
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=enc.input_ids, attention_mask=attention, position_ids=positions,

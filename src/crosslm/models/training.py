@@ -23,13 +23,24 @@ class TrainItem:
     weight: float = 1.0
 
 
+def make_optimizer(parameters: list[torch.nn.Parameter], lr: float, kind: str = "adamw"
+                   ) -> torch.optim.Optimizer:
+    """AdamW, or Adafactor (factored second moments, no first moment): less optimizer memory."""
+    if kind == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(parameters, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(parameters, lr=lr)
+
+
 def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
-    labels = torch.tensor([item.label for item in batch])
-    weights = torch.tensor([item.weight for item in batch])
+    device = logits.device
+    labels = torch.tensor([item.label for item in batch], device=device)
+    weights = torch.tensor([item.weight for item in batch], device=device)
     loss = F.cross_entropy(logits.float(), labels, reduction="none")
-    has_soft = torch.tensor([item.soft_label is not None for item in batch])
+    has_soft = torch.tensor([item.soft_label is not None for item in batch], device=device)
     if distill_weight > 0 and has_soft.any():
-        soft = torch.tensor([item.soft_label or [0.0] * logits.shape[-1] for item in batch])
+        soft = torch.tensor([item.soft_label or [0.0] * logits.shape[-1] for item in batch], device=device)
         soft_loss = -(soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         mixed = (1 - distill_weight) * loss + distill_weight * soft_loss
         loss = torch.where(has_soft, mixed, loss)
@@ -67,17 +78,19 @@ def train_classifier(
     validation: list[Example] | None = None,
     patience: int | None = None,
     regularizer: Callable[[list[str]], torch.Tensor] | None = None,
+    optimizer: str = "adamw",
 ) -> dict[str, float]:
     """Train; with ``validation``, keep the epoch of the best balanced accuracy and stop after
     ``patience`` epochs without a gain.
 
     The untrained model is not a candidate: its random head can score well on a
     handful of minority examples by chance and would then never be trained.
-    ``regularizer`` adds a loss on each batch's texts (the LLM's KL to its base model).
+    ``regularizer`` adds a loss on each batch's texts (the LLM's KL to its base model);
+    ``optimizer`` is adamw or adafactor (``make_optimizer``).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
-    optimizer = torch.optim.AdamW(classifier.trainable_parameters(), lr=lr)
+    optimizer = make_optimizer(classifier.trainable_parameters(), lr, optimizer)
     snapshot = lambda: {k: v.detach().clone() for k, v in classifier.trainable_state().items()}  # noqa: E731
     best_acc, best_state = float("-inf"), None
     best_epoch, losses = 0, []

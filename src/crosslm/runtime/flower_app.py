@@ -111,8 +111,11 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
     state = Path(str(node_config["state-dir"])).expanduser() / run_key
     slm = str(node_config.get("slm") or config.clients.slm[0])
     seed = int(node_config.get("seed", config.seed))
+    # the silo's own hardware decides where its SLM runs
+    device = str(node_config.get("device") or config.clients.device)
+    clients = config.clients.model_copy(update={"device": device})
     return Client(silo, slm, task, ClientData(train, validation), _node_test(node_config, task, config),
-                  state, config.clients, seed)
+                  state, clients, seed)
 
 
 def _simulated_client(setup: SimulationSetup, silo: str) -> Client:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from crosslm.config import FeedbackConfig
 from crosslm.models.llm import GENERATOR, ServerLLM
+from crosslm.models.training import make_optimizer
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.spec import TaskSpec
 
@@ -30,8 +31,8 @@ LossFn = Callable[[ServerLLM, str, Batch], torch.Tensor]
 def _sft_loss(llm: ServerLLM, prompt: str, batch: Batch, stop: str, weighted: bool) -> torch.Tensor:
     logp = llm.completion_logprobs(prompt, [s.text for s in batch], stop)
     lengths = torch.tensor([len(llm.tokenizer(" " + s.text + stop, add_special_tokens=False)
-                                .input_ids) for s in batch])
-    weights = torch.tensor([s.quality if weighted else 1.0 for s in batch])
+                                .input_ids) for s in batch], device=logp.device)
+    weights = torch.tensor([s.quality if weighted else 1.0 for s in batch], device=logp.device)
     return -(weights * logp / lengths).sum() / len(batch)
 
 
@@ -71,8 +72,11 @@ def _plain_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: r
 
 
 def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpec,
-                      config: FeedbackConfig, seed: int) -> dict[str, float]:
-    """One strategy's update of the generator adapter; returns what it trained on and its loss."""
+                      config: FeedbackConfig, seed: int, optimizer: str = "adamw") -> dict[str, float]:
+    """One strategy's update of the generator adapter; returns what it trained on and its loss.
+
+    ``optimizer``: adamw or adafactor (``crosslm.models.training.make_optimizer``).
+    """
     stop = "\n"
     if config.strategy == "filtered-sft":
         samples = [s for s in samples if s.quality >= config.threshold]
@@ -88,15 +92,15 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     }[config.strategy]
     llm.model.set_adapter(GENERATOR)
     llm.model.train()
-    optimizer = torch.optim.AdamW(llm.generator.parameters(), lr=config.training.lr)
+    optim = make_optimizer(llm.generator.parameters(), config.training.lr, optimizer)
     losses, steps = [], 0
     for _ in range(config.training.epochs):
         for label, batch in make_batches(by_label, config.training.batch_size,
                                          config.max_samples_per_label, rng):
-            loss = loss_fn(llm, task.generation_prompt(label, []), batch)
+            loss = loss_fn(llm, llm.generation_prompt(label, []), batch)
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            optim.step()
+            optim.zero_grad()
             losses.append(loss.item())
             steps += 1
     llm.model.eval()
