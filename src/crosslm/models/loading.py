@@ -108,9 +108,14 @@ def model_kind(name: str) -> str:
     source, kind = resolve_model(name)
     if kind is not None:
         return kind
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     config = AutoConfig.from_pretrained(source)
+    # a causal head class either ends with ForCausalLM or is the one transformers maps the type to
+    # (GPT-2's is GPT2LMHeadModel)
+    heads = {*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()}
     return "causal" if getattr(config, "is_decoder", False) or any(
-        a.endswith("ForCausalLM") for a in (config.architectures or [])) else "encoder"
+        a.endswith("ForCausalLM") or a in heads for a in (config.architectures or [])) else "encoder"
 
 
 def load_tokenizer(source: str, causal: bool) -> PreTrainedTokenizerBase:
