@@ -135,7 +135,8 @@ def test_a_full_round_runs_on_every_family(llm, slms, family_dir, shared_data, t
 
 @pytest.mark.parametrize("family", LLMS)
 def test_every_llm_family_builds_its_lora_generates_classifies_and_trains(family, family_dir, task):
-    llm = ServerLLM(str(family_dir(family)), task, lora_rank=2, seed=0, lora_target_modules=TARGETS.get(family))
+    llm = ServerLLM(str(family_dir(family)), task, lora_rank=2, seed=0,
+                    lora_target_modules=TARGETS.get(family))
     model_type = llm.model.base_model.model.config.model_type
     expected = TARGETS.get(family) or PEFT_TARGETS[model_type]
     for adapter in ("classifier", "generator"):
@@ -160,7 +161,8 @@ def test_gemma3_default_targets_are_q_and_v_as_before(family_dir, task):
 @pytest.mark.parametrize("family", SLMS)
 def test_every_slm_family_classifies_and_trains(family, family_dir, task):
     classifier = build_classifier(str(family_dir(family)), task, lora_rank=2, seed=0)
-    assert type(classifier).__name__ == ("VerbalizerClassifier" if family == "causal" else "EncoderClassifier")
+    kind = "VerbalizerClassifier" if family == "causal" else "EncoderClassifier"
+    assert type(classifier).__name__ == kind
     assert classifier.predict_proba(["a fine film", "a dull mess", "ok"]).shape == (3, 2)
     before = {k: v.clone() for k, v in classifier.trainable_state().items()}
     train_classifier(classifier, [TrainItem("a fine film", 1), TrainItem("a dull mess", 0)], lr=1e-2,
