@@ -12,9 +12,9 @@ import yaml
 
 from crosslm.config import ExperimentConfig, load_config
 from crosslm.errors import CrossLMError
+from crosslm.models.devices import choose_dtype, detect_hardware
 from crosslm.models.loading import (
     PACKAGED,
-    choose_dtype,
     load_causal_lm,
     load_encoder,
     model_cache_dir,
@@ -216,9 +216,9 @@ def test_packaged_encoder_alias_resolves_to_its_directory():
 
 
 def test_choose_dtype():
-    assert choose_dtype("float32") is torch.float32
-    assert choose_dtype("bfloat16") is torch.bfloat16
-    assert choose_dtype("auto") in (torch.float32, torch.bfloat16)
+    assert choose_dtype("float32", "cpu", detect_hardware()) is torch.float32
+    assert choose_dtype("bfloat16", "cpu", detect_hardware()) is torch.bfloat16
+    assert choose_dtype("auto", "cpu", detect_hardware()) in (torch.float32, torch.bfloat16)
 
 
 def test_model_cache_follows_the_env(crosslm_cache):

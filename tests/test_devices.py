@@ -6,6 +6,8 @@ every case runs on a CPU-only machine without mocking torch.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -129,3 +131,14 @@ def test_device_settings_in_the_config():
     assert load_config(None).server.device == "auto" == load_config(None).clients.device
     with pytest.raises(CrossLMError, match="server.device"):
         load_config(None, ["server.device=gpu0"])
+
+
+def test_a_silo_sets_its_own_device_in_its_node_config(tmp_path):
+    from crosslm.runtime.flower_app import _node_client
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(6)))
+    config = load_config(None, ["clients.device=auto"])
+    node = {"data-path": str(data), "test-path": str(data), "state-dir": str(tmp_path / "state")}
+    assert _node_client(config, node | {"device": "cpu"}, "north", "run").config.device == "cpu"
+    assert _node_client(config, node, "north", "run").config.device == "auto"

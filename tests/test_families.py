@@ -213,3 +213,13 @@ def test_a_full_round_with_chat_prompts(chat_llm_dir, family_dir, shared_data, t
 def test_chat_needs_a_chat_template(family_dir, task):
     with pytest.raises(CrossLMError, match="has no chat template"):
         ServerLLM(str(family_dir("qwen2")), task, lora_rank=2, seed=0, prompt_format="chat")
+
+
+def test_memory_savers_gradient_checkpointing_and_adafactor_still_train(family_dir, task):
+    llm = ServerLLM(str(family_dir("llama")), task, lora_rank=2, seed=0, gradient_checkpointing=True)
+    assert llm.model.base_model.model.is_gradient_checkpointing
+    before = {k: v.clone() for k, v in llm.classifier.trainable_state().items()}
+    train_classifier(llm.classifier, [TrainItem("a fine film", 1), TrainItem("a dull mess", 0)], lr=1e-2,
+                     epochs=1, batch_size=2, seed=0, optimizer="adafactor",
+                     regularizer=lambda texts: llm.kl_to_base(texts, 2))
+    assert any(not torch.equal(before[k], v) for k, v in llm.classifier.trainable_state().items())

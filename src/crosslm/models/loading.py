@@ -56,11 +56,6 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "crosslm"))
 
 
-def choose_dtype(setting: str = "auto", device: str = "cpu") -> torch.dtype:
-    """bfloat16 on a GPU that supports it and on CPUs with AMX; float32 elsewhere (see ``devices``)."""
-    return devices.choose_dtype(setting, device, detect_hardware())
-
-
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF once into a safetensors directory, written atomically."""
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
