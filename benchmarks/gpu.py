@@ -49,7 +49,7 @@ from crosslm.bench_results import machine
 from crosslm.config import FeedbackConfig, TrainConfig, config_from_layers
 from crosslm.experiment import run_experiment
 from crosslm.models.classifier import build_classifier
-from crosslm.models.devices import detect_hardware
+from crosslm.models.devices import detect_hardware, input_device
 from crosslm.models.llm import ServerLLM
 from crosslm.models.sampling import SamplingParams
 from crosslm.models.training import TrainItem, train_classifier
@@ -150,7 +150,8 @@ def s1(llm: ServerLLM, prompts: list[str], params: SamplingParams, batch_size: i
     ours = counted() / (synchronized() - start)
     hf_tokens, start = 0, synchronized()
     for i in range(0, len(prompts), batch_size):
-        enc = llm.tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(llm.model.device)
+        enc = llm.tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        enc = enc.to(input_device(llm.model))
         out = llm.model.generate(**enc, do_sample=True, top_k=params.top_k, top_p=params.top_p,
                                  max_new_tokens=params.max_new_tokens,
                                  pad_token_id=llm.tokenizer.pad_token_id)
@@ -219,6 +220,7 @@ def bench_size(name: str, args: argparse.Namespace, tokenizer, slm_dirs: list[Pa
     prompts = [llm.generation_prompt(label, task.seeds[task.labels[label]][:4])
                for label in range(task.num_labels) for _ in range(samples_per_label)]
     row = {"llm": name, "llm_params": params, "dtype": str(llm.model.dtype).removeprefix("torch."),
+           "optimizer": args.optimizer, "gradient_checkpointing": args.gradient_checkpointing,
            **s1(llm, prompts, SamplingParams(max_new_tokens=max_new), batch_size=32),
            **training_steps(llm, texts[:train_samples], task, batch_size=8, optimizer=args.optimizer)}
     del llm

@@ -142,3 +142,15 @@ def test_help_explains_every_command():
     assert result.exit_code == 0
     for command in ("run", "show"):
         assert command in result.output
+
+
+def test_resume_fills_settings_added_since_the_run_started_with_their_defaults(
+        runner, tmp_path, tiny_causal_dir, tiny_encoder_dir):
+    config = _config(tmp_path, tiny_causal_dir, [tiny_encoder_dir], rounds=0)
+    assert _invoke(runner, "run", str(config)).exit_code == 0
+    stored = tmp_path / "run" / "config.yaml"
+    older = yaml.safe_load(stored.read_text())
+    del older["server"]["device"], older["generation"]["prompt_format"]  # written by an older crosslm
+    stored.write_text(yaml.safe_dump(older))
+    result = _invoke(runner, "run", str(config), "--resume", "--set", "rounds=0")
+    assert result.exit_code == 0, result.output

@@ -11,14 +11,15 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from pydantic import ValidationError
 
-from crosslm.config import ExperimentConfig, settings_read
+from crosslm.config import ExperimentConfig, config_from_layers, settings_read
 from crosslm.errors import CrossLMError
 
 Mode = Literal["new", "resume", "overwrite"]
@@ -74,8 +75,12 @@ class RunDir:
         stored_file = self.path / "config.yaml"
         if not stored_file.is_file():
             raise CrossLMError(f"--resume: {self.path} has no config.yaml; nothing to resume")
-        # e.g. S4's settings do not count in a local-only run
-        stored = settings_read(yaml.safe_load(stored_file.read_text(encoding="utf-8")), config.method)
+        # e.g. S4's settings do not count in a local-only run; a setting added since the run
+        # started counts at its default (it did not exist, so the run had the default's behaviour)
+        raw = yaml.safe_load(stored_file.read_text(encoding="utf-8")) or {}
+        with suppress(ValidationError):  # if it no longer validates, it is compared as written
+            raw = config_from_layers(raw).model_dump()
+        stored = settings_read(raw, config.method)
         new = settings_read(config.model_dump(), config.method)
         changed = sorted(k for k in new if k != "rounds" and stored.get(k) != new[k])
         if changed:
