@@ -167,12 +167,13 @@ def training_steps(llm: ServerLLM, texts: list[str], task, batch_size: int, opti
     feedback = FeedbackConfig(threshold=0.0, max_samples_per_label=len(texts),
                               training=TrainConfig(lr=1e-4, epochs=1, batch_size=batch_size))
     start = synchronized()
-    steps = improve_generator(llm, samples, task, feedback, seed=0, optimizer=optimizer)["generator_steps"]
+    metrics = improve_generator(llm, samples, task, feedback, seed=0, optimizer_kind=optimizer)
+    steps = metrics["generator_steps"]
     s3 = (synchronized() - start) / steps
     items = [TrainItem(s.text, s.label) for s in samples]
     start = synchronized()
     train_classifier(llm.classifier, items, lr=1e-4, epochs=1, batch_size=batch_size, seed=0,
-                     regularizer=lambda batch: llm.kl_to_base(batch, 8), optimizer=optimizer)
+                     regularizer=lambda batch: llm.kl_to_base(batch, 8), optimizer_kind=optimizer)
     s5 = (synchronized() - start) / math.ceil(len(items) / batch_size)
     return {"s3_step_seconds": s3, "s5_step_seconds": s5}
 

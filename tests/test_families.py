@@ -220,6 +220,6 @@ def test_memory_savers_gradient_checkpointing_and_adafactor_still_train(family_d
     assert llm.model.base_model.model.is_gradient_checkpointing
     before = {k: v.clone() for k, v in llm.classifier.trainable_state().items()}
     train_classifier(llm.classifier, [TrainItem("a fine film", 1), TrainItem("a dull mess", 0)], lr=1e-2,
-                     epochs=1, batch_size=2, seed=0, optimizer="adafactor",
+                     epochs=1, batch_size=2, seed=0, optimizer_kind="adafactor",
                      regularizer=lambda texts: llm.kl_to_base(texts, 2))
     assert any(not torch.equal(before[k], v) for k, v in llm.classifier.trainable_state().items())

@@ -64,7 +64,7 @@ class Server:
     def improve_generator(self, scored: list[ScoredSample], round_: int) -> dict[str, float]:
         """S3."""
         return improve_generator(self.llm, scored, self.task, self.config.feedback,
-                                 self.config.seed + round_, optimizer=self.config.server.optimizer)
+                                 self.config.seed + round_, optimizer_kind=self.config.server.optimizer)
 
     def select(self, scored: list[ScoredSample]) -> list[ScoredSample]:
         """S4, and the in-context feedback for the next round's prompts."""
@@ -99,7 +99,7 @@ class Server:
         metrics = train_classifier(self.llm.classifier, items, lr=budget.lr, epochs=budget.epochs,
                                    batch_size=budget.batch_size, seed=self.config.seed + round_,
                                    distill_weight=distill, regularizer=regularizer,
-                                   optimizer=self.config.server.optimizer)
+                                   optimizer_kind=self.config.server.optimizer)
         return {"llm_train_samples": float(len(items)), "llm_train_loss": metrics["train_loss"]}
 
     # -- state between rounds, for resuming ---------------------------------------------------

@@ -78,7 +78,7 @@ def train_classifier(
     validation: list[Example] | None = None,
     patience: int | None = None,
     regularizer: Callable[[list[str]], torch.Tensor] | None = None,
-    optimizer: str = "adamw",
+    optimizer_kind: str = "adamw",
 ) -> dict[str, float]:
     """Train; with ``validation``, keep the epoch of the best balanced accuracy and stop after
     ``patience`` epochs without a gain.
@@ -86,11 +86,11 @@ def train_classifier(
     The untrained model is not a candidate: its random head can score well on a
     handful of minority examples by chance and would then never be trained.
     ``regularizer`` adds a loss on each batch's texts (the LLM's KL to its base model);
-    ``optimizer`` is adamw or adafactor (``make_optimizer``).
+    ``optimizer_kind`` is adamw or adafactor (``make_optimizer``).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
-    optimizer = make_optimizer(classifier.trainable_parameters(), lr, optimizer)
+    optimizer = make_optimizer(classifier.trainable_parameters(), lr, optimizer_kind)
     snapshot = lambda: {k: v.detach().clone() for k, v in classifier.trainable_state().items()}  # noqa: E731
     best_acc, best_state = float("-inf"), None
     best_epoch, losses = 0, []

@@ -72,10 +72,10 @@ def _plain_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: r
 
 
 def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpec,
-                      config: FeedbackConfig, seed: int, optimizer: str = "adamw") -> dict[str, float]:
+                      config: FeedbackConfig, seed: int, optimizer_kind: str = "adamw") -> dict[str, float]:
     """One strategy's update of the generator adapter; returns what it trained on and its loss.
 
-    ``optimizer``: adamw or adafactor (``crosslm.models.training.make_optimizer``).
+    ``optimizer_kind``: adamw or adafactor (``crosslm.models.training.make_optimizer``).
     """
     stop = "\n"
     if config.strategy == "filtered-sft":
@@ -92,15 +92,15 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     }[config.strategy]
     llm.model.set_adapter(GENERATOR)
     llm.model.train()
-    optim = make_optimizer(llm.generator.parameters(), config.training.lr, optimizer)
+    optimizer = make_optimizer(llm.generator.parameters(), config.training.lr, optimizer_kind)
     losses, steps = [], 0
     for _ in range(config.training.epochs):
         for label, batch in make_batches(by_label, config.training.batch_size,
                                          config.max_samples_per_label, rng):
             loss = loss_fn(llm, llm.generation_prompt(label, []), batch)
             loss.backward()
-            optim.step()
-            optim.zero_grad()
+            optimizer.step()
+            optimizer.zero_grad()
             losses.append(loss.item())
             steps += 1
     llm.model.eval()
