@@ -320,3 +320,14 @@ def test_tiny_models_build_without_shared_data(tmp_path):
     first = [tokenizer(v, add_special_tokens=False).input_ids[0]
              for v in load_task("trec").verbalizers]
     assert len(set(first)) == 6
+
+
+def test_the_prompt_format_counts_wherever_the_llm_classifies():
+    from crosslm.config import settings_read
+
+    tree = load_config(None).model_dump()
+    zero_shot = settings_read(tree, "llm-zero-shot")
+    assert zero_shot["generation"] == {"prompt_format": "completion"}  # S1's sampling is not read
+    assert "optimizer" not in zero_shot["server"] and "device" in zero_shot["server"]
+    assert settings_read(tree, "local-only")["generation"] == {}
+    assert settings_read(tree, "crosslm") == tree

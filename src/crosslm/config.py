@@ -175,9 +175,13 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
 
 
-ENHANCEMENT_SETTINGS = ("generation", "feedback", "selection", "aggregation")  # S1-S4
-LLM_TRAINING_SETTINGS = ("server.classifier_training", "server.classifier_loss",  # S5
-                         "server.kl_weight", "server.kl_positions")
+# S1's settings but the prompt format, which the LLM's classifier reads too (round 0, zero-shot)
+SAMPLING_SETTINGS = tuple(f"generation.{name}" for name in GenerationConfig.model_fields
+                          if name != "prompt_format")
+ENHANCEMENT_SETTINGS = (*SAMPLING_SETTINGS, "feedback", "selection", "aggregation")  # S1-S4
+LLM_TRAINING_SETTINGS = ("server.classifier_training", "server.classifier_loss",  # S5 (and S3's optimizer)
+                         "server.kl_weight", "server.kl_positions", "server.optimizer",
+                         "server.gradient_checkpointing")
 
 
 def settings_not_read(method: Method) -> tuple[str, ...]:
@@ -188,7 +192,7 @@ def settings_not_read(method: Method) -> tuple[str, ...]:
         return ("feedback", "selection", "aggregation")
     if method in ("llm-zero-shot", "llm-few-shot"):
         return ("clients", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
-    return ("server", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg: no LLM
+    return ("server", "generation.prompt_format", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg
 
 
 def without_settings(tree: dict, dotted: tuple[str, ...]) -> dict:
