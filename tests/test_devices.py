@@ -142,3 +142,21 @@ def test_a_silo_sets_its_own_device_in_its_node_config(tmp_path):
     node = {"data-path": str(data), "test-path": str(data), "state-dir": str(tmp_path / "state")}
     assert _node_client(config, node | {"device": "cpu"}, "north", "run").config.device == "cpu"
     assert _node_client(config, node, "north", "run").config.device == "auto"
+
+
+def test_a_run_whose_llm_does_not_fit_stops_before_writing_anything(tmp_path, shared_data, tiny_causal_dir,
+                                                                    tiny_encoder_dir, monkeypatch):
+    from crosslm.config import config_from_layers
+    from crosslm.experiment import run_experiment
+    from crosslm.models import loading
+
+    monkeypatch.setattr(loading, "detect_hardware", lambda: Hardware(ram_free_bytes=1024))
+    config = config_from_layers({
+        "data_dir": str(shared_data), "output_dir": str(tmp_path / "run"),
+        "server": {"llm": str(tiny_causal_dir)},
+        "clients": {"slm": [str(tiny_encoder_dir)], "num_clients": 2, "examples_per_client": 8,
+                    "validation_per_client": 2}})
+    with pytest.raises(CrossLMError, match="does not fit: .* RAM has 0.0 GiB free") as err:
+        run_experiment(config)
+    assert str(tiny_causal_dir) in str(err.value)
+    assert not (tmp_path / "run").exists()

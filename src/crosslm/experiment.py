@@ -15,7 +15,7 @@ from crosslm.client import Client
 from crosslm.config import ExperimentConfig, check_method
 from crosslm.models.classifier import build_classifier
 from crosslm.models.llm import ServerLLM
-from crosslm.models.loading import resolve_model
+from crosslm.models.loading import model_kind, plan_model, resolve_model
 from crosslm.rounds import Progress, RoundLoop
 from crosslm.rundir import Mode, RunDir
 from crosslm.runtime.base import Federation
@@ -44,7 +44,25 @@ def load_experiment_data(config: ExperimentConfig, resolve_models: bool = True) 
                       c.validation_per_client, c.partition, c.dirichlet_alpha, config.seed)
     for name in [config.server.llm, *c.slm] if resolve_models else []:
         resolve_model(name)
+    if resolve_models:
+        check_models_fit(config)
     return ExperimentData(task, silos, test, data_dir)
+
+
+def check_models_fit(config: ExperimentConfig) -> None:
+    """Refuse a model too large for its device before the run directory is written.
+
+    Each model is checked on its own against this machine's free memory; models that
+    share a device are not added up.
+    """
+    if config.method in SERVER_METHODS:
+        s = config.server
+        plan_model(s.llm, causal=True, device=s.device, dtype=s.dtype, shardable=True, section="server")
+    if config.method in CLIENT_METHODS:
+        for slm in dict.fromkeys(config.clients.slm):
+            causal = model_kind(slm) == "causal"
+            plan_model(slm, causal=causal, device=config.clients.device, dtype="auto" if causal else None,
+                       shardable=False, section="clients")
 
 
 SERVER_METHODS = {"crosslm", "synthetic-no-feedback", "llm-zero-shot", "llm-few-shot"}

@@ -131,12 +131,20 @@ def count_parameters(source: str, causal: bool) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _load(name: str, *, causal: bool, device: str, dtype: str | None, shardable: bool, section: str):
-    """``dtype`` None: the checkpoint's own dtype (sized as float32, the usual case)."""
+def plan_model(name: str, *, causal: bool, device: str, dtype: str | None, shardable: bool, section: str
+               ) -> tuple[str, devices.Placement, torch.dtype]:
+    """(source, placement, dtype) to load ``name`` with; a CrossLMError, before anything is loaded,
+    if it does not fit there. ``dtype`` None: the checkpoint's own (sized as float32, the usual case)."""
     source, _ = resolve_model(name)
     placement, chosen = devices.plan_load(
         name, count_parameters(source, causal), device=device, dtype=dtype or "float32",
         hardware=detect_hardware(), shardable=shardable, section=section)
+    return source, placement, chosen
+
+
+def _load(name: str, *, causal: bool, device: str, dtype: str | None, shardable: bool, section: str):
+    source, placement, chosen = plan_model(name, causal=causal, device=device, dtype=dtype,
+                                           shardable=shardable, section=section)
     # on the CPU, no device_map: the load stays exactly what it was before devices were chosen
     kwargs = {"device_map": placement.device_map} if placement.is_gpu else {}
     if dtype is not None:
