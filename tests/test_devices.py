@@ -99,7 +99,7 @@ def test_a_model_that_does_not_fit_fails_early_saying_what_it_needs_and_what_to_
     message = str(err.value)
     assert "Qwen/Qwen2.5-7B-Instruct does not fit" in message and "7.62B parameters in float32" in message
     assert "need about 34.0 GiB" in message and "cuda:0 has 16.0 GiB free" in message
-    assert "server.dtype=bfloat16" in message
+    assert "server.dtype=bfloat16" in message and "server.device=cpu (it fits in RAM" in message
     # bf16 on the old GPU still does not fit
     with pytest.raises(CrossLMError, match="need about 17.0 GiB"):
         plan_load("Qwen/Qwen2.5-7B-Instruct", seven_b, device="auto", dtype="bfloat16", hardware=OLD_GPU,

@@ -143,6 +143,8 @@ def check_fits(name: str, num_parameters: int, dtype: torch.dtype, placement: Pl
     if not placement.is_gpu:
         advice.append("a machine with more memory or a GPU")
     else:
+        if hardware.ram_free_bytes is not None and needed <= hardware.ram_free_bytes:
+            advice.append(f"{role}=cpu (it fits in RAM, and runs far slower)")
         advice.append("a machine with more GPU memory, or freeing the GPU of other processes")
     raise CrossLMError(
         f"{name} does not fit: {num_parameters / 1e9:.2f}B parameters in {str(dtype).removeprefix('torch.')} "
