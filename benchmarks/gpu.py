@@ -173,7 +173,7 @@ def training_steps(llm: ServerLLM, texts: list[str], task, batch_size: int, opti
     items = [TrainItem(s.text, s.label) for s in samples]
     start = synchronized()
     train_classifier(llm.classifier, items, lr=1e-4, epochs=1, batch_size=batch_size, seed=0,
-                     regularizer=lambda batch: llm.kl_to_base(batch, 8), optimizer_kind=optimizer)
+                     forward=llm.kl_regularised_forward(8, 1.0), optimizer_kind=optimizer)
     s5 = (synchronized() - start) / math.ceil(len(items) / batch_size)
     return {"s3_step_seconds": s3, "s5_step_seconds": s5}
 

@@ -221,5 +221,5 @@ def test_memory_savers_gradient_checkpointing_and_adafactor_still_train(family_d
     before = {k: v.clone() for k, v in llm.classifier.trainable_state().items()}
     train_classifier(llm.classifier, [TrainItem("a fine film", 1), TrainItem("a dull mess", 0)], lr=1e-2,
                      epochs=1, batch_size=2, seed=0, optimizer_kind="adafactor",
-                     regularizer=lambda texts: llm.kl_to_base(texts, 2))
+                     forward=llm.kl_regularised_forward(2, 1.0))
     assert any(not torch.equal(before[k], v) for k, v in llm.classifier.trainable_state().items())

@@ -467,13 +467,13 @@ def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task):
     assert margin() > start + 1.0
 
 
-def test_kl_to_base_is_zero_until_the_classifier_adapter_moves(llm):
+def test_the_kl_to_base_is_zero_until_the_classifier_adapter_moves(llm):
     texts = ["a fine film .", "a dull , long and pointless movie ."]
-    assert llm.kl_to_base(texts, positions=4).item() == pytest.approx(0.0, abs=1e-6)
+    assert llm.label_logits_and_kl(texts, 4, {})[1].item() == pytest.approx(0.0, abs=1e-6)
     randomise(llm, "generator", seed=1)  # the generator adapter is not what the KL watches
-    assert llm.kl_to_base(texts, positions=4).item() == pytest.approx(0.0, abs=1e-6)
+    assert llm.label_logits_and_kl(texts, 4, {})[1].item() == pytest.approx(0.0, abs=1e-6)
     randomise(llm, "classifier", seed=2)
-    kl = llm.kl_to_base(texts, positions=4)
+    kl = llm.label_logits_and_kl(texts, 4, {})[1]
     assert kl.item() > 0
     kl.backward()
     grads = [p.grad for p in llm.classifier.trainable_parameters()]
@@ -486,8 +486,22 @@ def test_the_kl_regulariser_keeps_the_llm_closer_to_its_base(tiny_causal_dir, ta
     drift = {}
     for weight in (0.0, 5.0):
         llm = ServerLLM(str(tiny_causal_dir), task, lora_rank=4, seed=0)
-        regulariser = (lambda texts, llm=llm, w=weight: w * llm.kl_to_base(texts, 4)) if weight else None
-        train_classifier(llm.classifier, items, lr=5e-2, epochs=5, batch_size=4, seed=0,
-                         regularizer=regulariser)
-        drift[weight] = llm.kl_to_base([i.text for i in items], 4).item()
+        forward = llm.kl_regularised_forward(4, weight) if weight else None
+        train_classifier(llm.classifier, items, lr=5e-2, epochs=5, batch_size=4, seed=0, forward=forward)
+        drift[weight] = llm.label_logits_and_kl([i.text for i in items], 4, {})[1].item()
     assert drift[5.0] < drift[0.0]
+
+
+def test_one_pass_gives_the_classifiers_label_logits_and_a_cached_kl_equal_to_a_fresh_one(llm):
+    texts = ["a fine film .", "a dull , long and pointless movie .", "great fun ."]
+    randomise(llm, "classifier", seed=3)
+    cache: dict = {}
+    logits, kl = llm.label_logits_and_kl(texts, 4, cache)
+    assert set(cache) == set(texts)
+    torch.testing.assert_close(logits, llm.classifier.label_logits(texts), atol=1e-5, rtol=1e-4)
+    # a second pass over a different batch reads the cache and gives the same KL
+    _, kl_cached = llm.label_logits_and_kl(texts[::-1], 4, cache)
+    torch.testing.assert_close(kl_cached, kl, atol=1e-3, rtol=1e-3)
+    _, kl_fresh = llm.label_logits_and_kl(texts[:2], 4, {})
+    _, kl_partly_cached = llm.label_logits_and_kl(texts[:2], 4, cache)
+    torch.testing.assert_close(kl_partly_cached, kl_fresh, atol=1e-3, rtol=1e-3)

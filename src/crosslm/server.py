@@ -95,10 +95,10 @@ class Server:
         items = [TrainItem(s.text, s.label, tuple(s.soft_label)) for s in accepted]
         distill = 1.0 if self.config.server.classifier_loss == "distill" else 0.0
         weight, positions = self.config.server.kl_weight, self.config.server.kl_positions
-        regularizer = (lambda texts: weight * self.llm.kl_to_base(texts, positions)) if weight else None
+        forward = self.llm.kl_regularised_forward(positions, weight) if weight else None
         metrics = train_classifier(self.llm.classifier, items, lr=budget.lr, epochs=budget.epochs,
                                    batch_size=budget.batch_size, seed=self.config.seed + round_,
-                                   distill_weight=distill, regularizer=regularizer,
+                                   distill_weight=distill, forward=forward,
                                    optimizer_kind=self.config.server.optimizer)
         return {"llm_train_samples": float(len(items)), "llm_train_loss": metrics["train_loss"]}
 

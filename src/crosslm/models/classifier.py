@@ -58,10 +58,19 @@ class TextClassifier(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Label distributions in the order of ``texts``.
+
+        Batches are formed from texts of similar length, since every text in a batch is
+        padded to its longest: in input order a third of SST-2's tokens were padding.
+        """
         self.eval()
-        chunks = [torch.softmax(self.label_logits(texts[i:i + batch_size]).float(), dim=-1).cpu()
-                  for i in range(0, len(texts), batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.num_labels)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        probs = torch.empty(len(texts), self.num_labels)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            logits = self.label_logits([texts[i] for i in rows]).float()
+            probs[rows] = torch.softmax(logits, dim=-1).cpu()
+        return probs
 
 
 class EncoderClassifier(TextClassifier):
@@ -176,11 +185,15 @@ class VerbalizerClassifier(TextClassifier):
 
     def label_logits(self, texts: list[str]) -> torch.Tensor:
         self.model.set_adapter(self.adapter)
-        enc = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_length).to(input_device(self.model))
+        enc = self.encode(texts)
         out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                          logits_to_keep=1)
         return out.logits[:, -1, self.label_token_ids]
+
+    def encode(self, texts: list[str]):
+        """The classification prompts, tokenised and left-padded, on the model's input device."""
+        return self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True, truncation=True,
+                              max_length=self.max_length).to(input_device(self.model))
 
     def prompts(self, texts: list[str]) -> list[str]:
         """The classification prompt of each text, in this classifier's prompt format."""

@@ -77,7 +77,7 @@ def train_classifier(
     distill_weight: float = 0.0,
     validation: list[Example] | None = None,
     patience: int | None = None,
-    regularizer: Callable[[list[str]], torch.Tensor] | None = None,
+    forward: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None = None,
     optimizer_kind: str = "adamw",
 ) -> dict[str, float]:
     """Train; with ``validation``, keep the epoch of the best balanced accuracy and stop after
@@ -85,7 +85,8 @@ def train_classifier(
 
     The untrained model is not a candidate: its random head can score well on a
     handful of minority examples by chance and would then never be trained.
-    ``regularizer`` adds a loss on each batch's texts (the LLM's KL to its base model);
+    ``forward`` gives a batch's label logits and a loss to add, from one pass (S5: the LLM's
+    label logits and its KL to its base model); by default the classifier's label logits alone;
     ``optimizer_kind`` is adamw or adafactor (``make_optimizer``).
     """
     rng = random.Random(seed)
@@ -100,9 +101,11 @@ def train_classifier(
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             texts = [item.text for item in batch]
-            loss = _batch_loss(classifier.label_logits(texts), batch, distill_weight)
-            if regularizer is not None:
-                loss = loss + regularizer(texts)
+            if forward is None:
+                loss = _batch_loss(classifier.label_logits(texts), batch, distill_weight)
+            else:
+                logits, extra = forward(texts)
+                loss = _batch_loss(logits, batch, distill_weight) + extra
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
