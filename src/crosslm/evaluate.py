@@ -6,7 +6,6 @@ show whether the LLM lost general ability while it learned from the clients.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Iterator
@@ -139,69 +138,62 @@ def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def _keeps_logits_subset(model) -> bool:
-    """Whether the model (or the model a PEFT wrapper holds) accepts ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+def _shared_prompt_scores(model, prompts: list[list[int]], continuations: list[list[list[int]]],
+                          pad_id: int) -> list[list[float]]:
+    """Mean log-likelihood of each continuation after its prompt; each prompt is run once.
 
-
-def _continuation_scores(model, rows: list[list[int]], lengths: list[int], pad_id: int,
-                         side: str) -> list[float]:
-    """Mean log-likelihood of the last ``lengths[i]`` tokens of each row, in one forward pass."""
-    ids, mask = _pad(rows, pad_id, side)
-    real = [row.nonzero().squeeze(1) for row in mask]  # positions of real tokens, from the mask
-    targets = [positions[-n:] for positions, n in zip(real, lengths, strict=True)]
-    keep = torch.unique(torch.cat(targets) - 1)  # logits at p - 1 predict the token at p
+    The prompts (left-padded) fill a KV cache that is then copied to each of their
+    continuations (right-padded), so a question is not recomputed for every choice.
+    """
     device = _device(model)
-    subset = _keeps_logits_subset(model)
-    if not subset:
-        keep = torch.arange(ids.shape[1])
-    column = torch.full((ids.shape[1],), -1, dtype=torch.long)
-    column[keep] = torch.arange(len(keep))
-    kwargs = {"logits_to_keep": keep.to(device)} if subset else {}
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), **kwargs).logits
-    scores = []
-    for i, positions in enumerate(targets):
-        log_probs = logits[i, column[positions - 1].to(device)].float().log_softmax(-1)
-        picked = log_probs.gather(1, ids[i, positions].to(device).unsqueeze(1))
-        scores.append(picked.mean().item())
+    ids, mask = _pad(prompts, pad_id, "left")
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(-1)  # predicts each continuation's first token
+    owner = torch.tensor([i for i, options in enumerate(continuations) for _ in options])
+    rows = [c for options in continuations for c in options]
+    cache = out.past_key_values
+    cache.batch_select_indices(owner.to(device))
+    cont_ids, cont_mask = _pad(rows, pad_id, "right")
+    positions = mask.sum(-1)[owner, None] + torch.arange(cont_ids.shape[1])
+    attention = torch.cat([mask[owner], cont_mask], dim=1)
+    logits = model(input_ids=cont_ids.to(device), attention_mask=attention.to(device),
+                   position_ids=positions.to(device), past_key_values=cache, use_cache=True).logits
+    scores: list[list[float]] = [[] for _ in prompts]
+    for r, (row, prompt) in enumerate(zip(rows, owner.tolist(), strict=True)):
+        targets = torch.tensor(row, device=first.device)
+        picked = [first[prompt, targets[0]]]
+        if len(row) > 1:
+            log_probs = logits[r, :len(row) - 1].float().log_softmax(-1)
+            picked.append(log_probs.gather(1, targets[1:, None]).squeeze(1))
+        scores[prompt].append(torch.cat([p.reshape(-1) for p in picked]).mean().item())
     return scores
 
 
-def choice_scores(model, tokenizer, items: list[ChoiceItem], batch_size: int = 16
+def choice_scores(model, tokenizer, items: list[ChoiceItem], batch_size: int = 8
                   ) -> list[list[float]]:
-    """Per item, the mean log-likelihood of " " + choice after "Question: {q}\\nAnswer:"."""
+    """Per item, the mean log-likelihood of " " + choice after "Question: {q}\nAnswer:"."""
     if batch_size < 1:
         raise CrossLMError(f"batch_size must be at least 1, got {batch_size}")
-    rows, lengths, owners = [], [], []
-    for index, item in enumerate(items):
-        prompt = _prefix(tokenizer) + tokenizer(
-            f"Question: {item.question}\nAnswer:", add_special_tokens=False)["input_ids"]
-        for choice in item.choices:
-            continuation = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
-            rows.append(prompt + continuation)
-            lengths.append(len(continuation))
-            owners.append(index)
+    prompts = [_prefix(tokenizer) + tokenizer(f"Question: {item.question}\nAnswer:",
+                                              add_special_tokens=False)["input_ids"] for item in items]
+    continuations = [[tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+                      for choice in item.choices] for item in items]
     pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
-    order = sorted(range(len(rows)), key=lambda k: len(rows[k]))  # similar lengths pad less
-    flat = [0.0] * len(rows)
+    order = sorted(range(len(items)), key=lambda k: len(prompts[k]))  # similar lengths pad less
+    result: list[list[float]] = [[] for _ in items]
     with _eval_mode(model), torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            scores = _continuation_scores(model, [rows[k] for k in batch],
-                                          [lengths[k] for k in batch], pad_id,
-                                          tokenizer.padding_side)
-            for k, score in zip(batch, scores, strict=True):
-                flat[k] = score
-    result: list[list[float]] = [[] for _ in items]
-    for owner, score in zip(owners, flat, strict=True):
-        result[owner].append(score)
+            scores = _shared_prompt_scores(model, [prompts[k] for k in batch],
+                                           [continuations[k] for k in batch], pad_id)
+            for k, item_scores in zip(batch, scores, strict=True):
+                result[k] = item_scores
     return result
 
 
 def multiple_choice_accuracy(model, tokenizer, items: list[ChoiceItem],
-                             batch_size: int = 16) -> float:
+                             batch_size: int = 8) -> float:
     """Share of items whose highest-scoring choice is the gold one (zero-shot, no training)."""
     if not items:
         raise CrossLMError("multiple_choice_accuracy needs at least one item")
