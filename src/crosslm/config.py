@@ -149,6 +149,9 @@ class EvaluationConfig(_Section):
     wikitext_tokens: int = Field(default=2048, ge=64)
     arc_easy_questions: int = Field(default=200, ge=1)
     general_ability: bool = True
+    cache: bool = Field(
+        default=True, description="reuse the LLM's evaluations of an identical model on identical data "
+                                  "and settings from $CROSSLM_CACHE/evaluations (the untrained LLM's)")
     few_shot_per_label: int = Field(default=2, ge=1, description="llm-few-shot: seed demos per label")
 
 

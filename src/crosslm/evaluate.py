@@ -203,16 +203,19 @@ def multiple_choice_accuracy(model, tokenizer, items: list[ChoiceItem],
     return correct / len(items)
 
 
-def general_ability(model, tokenizer, data_dir: Path, wikitext_tokens: int,
-                    arc_easy_questions: int) -> dict[str, float]:
-    """Perplexity and ARC-Easy accuracy on fixed leading subsets, comparable before and after."""
+def general_ability_data(data_dir: Path, arc_easy_questions: int) -> tuple[str, list[ChoiceItem]]:
+    """The WikiText-2 test text and the first ``arc_easy_questions`` ARC-Easy test questions."""
     if arc_easy_questions < 1:
         raise CrossLMError(f"arc_easy_questions must be at least 1, got {arc_easy_questions}")
-    text = load_wikitext(data_dir)
-    items = load_arc_easy(data_dir, "test")[:arc_easy_questions]
+    return load_wikitext(data_dir), load_arc_easy(data_dir, "test")[:arc_easy_questions]
+
+
+def general_ability(model, tokenizer, wikitext: str, arc_easy: list[ChoiceItem],
+                    wikitext_tokens: int) -> dict[str, float]:
+    """Perplexity and ARC-Easy accuracy on fixed leading subsets, comparable before and after."""
     return {
-        "wikitext2_ppl": perplexity(model, tokenizer, text, wikitext_tokens),
-        "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, items),
+        "wikitext2_ppl": perplexity(model, tokenizer, wikitext, wikitext_tokens),
+        "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, arc_easy),
     }
 
 

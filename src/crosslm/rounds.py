@@ -15,7 +15,9 @@ from pathlib import Path
 
 from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
-from crosslm.evaluate import general_ability, task_accuracy
+from crosslm.evaluate import general_ability, general_ability_data, task_accuracy
+from crosslm.evaluation_cache import EvaluationCache, digest
+from crosslm.models.loading import model_cache_dir
 from crosslm.protocol import FitIns, FitRes, ScoreIns
 from crosslm.report import summarise
 from crosslm.rundir import RunDir
@@ -34,6 +36,7 @@ class RoundLoop:
                  progress: Progress = lambda message: None) -> None:
         self.config, self.server, self.federation, self.run = config, server, federation, run
         self.llm_test, self.data_dir, self.progress = llm_test, data_dir, progress
+        self.evaluations = EvaluationCache(model_cache_dir() / "evaluations", config.evaluation.cache)
         self.round = 0
 
     @contextmanager
@@ -71,16 +74,31 @@ class RoundLoop:
             record["eval_seconds"] = sum(r.metrics.get("eval_seconds", 0) for r in replies.values())
 
     def _evaluate_llm(self) -> None:
-        """Task accuracy before, after and (optionally) between; general ability before and after."""
+        """Task accuracy before, after and (optionally) between; general ability before and after.
+
+        Results come from the evaluation cache when the same model was evaluated on the
+        same data with the same settings before (the LLM before round 1, in every run).
+        """
         ev = self.config.evaluation
         first_or_last = self.round in (0, self.config.rounds)
+        model = self.server.llm.classifier_fingerprint()
         if first_or_last or ev.llm_task_every_round:
             with self.phase("E-llm-task") as record:
-                record |= task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate)
+                key = {"evaluation": "task-accuracy", "model": model, "calibrate": ev.calibrate,
+                       "test": digest([[ex.text, ex.label] for ex in self.llm_test])}
+                result, record["cached"] = self.evaluations.get_or_compute(
+                    key, lambda: task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate))
+                record |= result
         if first_or_last and ev.general_ability and self.data_dir is not None:
             with self.phase("E-llm-general") as record:
-                record |= general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
-                                          self.data_dir, ev.wikitext_tokens, ev.arc_easy_questions)
+                wikitext, arc_easy = general_ability_data(self.data_dir, ev.arc_easy_questions)
+                key = {"evaluation": "general-ability", "model": model, "wikitext": digest(wikitext),
+                       "wikitext_tokens": ev.wikitext_tokens,
+                       "arc_easy": digest([asdict(item) for item in arc_easy])}
+                result, record["cached"] = self.evaluations.get_or_compute(
+                    key, lambda: general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
+                                                 wikitext, arc_easy, ev.wikitext_tokens))
+                record |= result
 
     def _log_traffic(self) -> None:
         mine = [t for t in self.federation.transfers if t.round == self.round]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from crosslm.evaluation_cache import digest, model_fingerprint, tensor_digest
 from crosslm.models.classifier import LoraAdapter, LoraTargets, VerbalizerClassifier, lora_config, with_lora
 from crosslm.models.devices import input_device
 from crosslm.models.loading import load_causal_lm
@@ -130,6 +131,21 @@ class ServerLLM:
                 cache[texts[i]] = row.half()
         # renormalised: float16 rounding then shifts the KL by its square, not by itself
         return F.log_softmax(torch.stack([cache[text] for text in texts]).float(), -1)
+
+    def classifier_fingerprint(self) -> str:
+        """A digest of what the task-enhanced LLM's outputs depend on, for cached evaluations:
+        the base weights, the tokenizer, the prompts and the classifier adapter, which counts
+        as absent while it is the identity (LoRA's B starts at zero), so the untrained LLM of
+        every seed shares its evaluations."""
+        base = model_fingerprint(self.model, skip=lambda name: "lora_" in name)
+        state = self.classifier.trainable_state()
+        identity = all(not tensor.any() for name, tensor in state.items() if "lora_B" in name)
+        adapter = "identity" if identity else {k: tensor_digest(v, sample=None) for k, v in state.items()}
+        probe = self.classifier.prompts(["a probe text"]) + [self.generation_prompt(0, ["a demo"])]
+        tokenizer = [type(self.tokenizer).__name__, len(self.tokenizer), self.tokenizer(probe).input_ids,
+                     self.tokenizer.all_special_tokens]
+        return digest([base, adapter, tokenizer, self.classifier.task.model_dump(), self.prompt_format,
+                       self.classifier.max_length])
 
     def language_model(self):
         """The task-enhanced LLM as a plain causal LM, for general-ability evaluation."""
