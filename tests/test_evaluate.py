@@ -183,6 +183,35 @@ def test_scores_equal_the_independent_computation(model, tokenizer, items) -> No
         assert row_got == pytest.approx(row_expected, abs=1e-4)
 
 
+class _ScaledLogits(torch.nn.Module):
+    """A causal LM whose logits are post-processed after its head (as some families' are)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+
+def test_a_model_that_post_processes_its_logits_is_scored_from_its_logits(model, tokenizer, items) -> None:
+    scaled = _ScaledLogits(model)
+    expected = _independent_scores(scaled, tokenizer, items)
+    tokenizer.padding_side = "left"
+    try:
+        got = choice_scores(scaled, tokenizer, items, batch_size=16)
+    finally:
+        tokenizer.padding_side = "right"
+    for row_got, row_expected in zip(got, expected, strict=True):
+        assert row_got == pytest.approx(row_expected, abs=1e-4)
+    assert got != choice_scores(model, tokenizer, items)
+
+
 def test_accuracy_is_one_for_argmax_labels_and_zero_for_argmin(model, tokenizer, items) -> None:
     scores = _independent_scores(model, tokenizer, items)
     assert multiple_choice_accuracy(model, tokenizer, _relabel(items, scores, max)) == 1.0

@@ -138,18 +138,29 @@ def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+def _head_reads_last_hidden_state(model, out) -> bool:
+    """Whether the LM head applied to the last hidden state gives the model's logits: true for
+    the usual causal LMs; a family that post-processes its logits (scaling, soft-capping) is not."""
+    head = model.get_output_embeddings()
+    return head is not None and torch.allclose(head(out.hidden_states[-1][:, -1:]).float(),
+                                               out.logits[:, -1:].float(), atol=1e-4, rtol=1e-3)
+
+
 def _shared_prompt_scores(model, prompts: list[list[int]], continuations: list[list[list[int]]],
                           pad_id: int) -> list[list[float]]:
     """Mean log-likelihood of each continuation after its prompt; each prompt is run once.
 
     The prompts (left-padded) fill a KV cache that is then copied to each of their
-    continuations (right-padded), so a question is not recomputed for every choice.
+    continuations (right-padded), so a question is not recomputed for every choice; and
+    the vocabulary-wide LM head runs only where a continuation token is predicted, not on
+    the padding (where the model allows: ``_head_reads_last_hidden_state``).
     """
     device = _device(model)
     ids, mask = _pad(prompts, pad_id, "left")
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(-1)  # predicts each continuation's first token
+    head_only = _head_reads_last_hidden_state(model, out)
     owner = torch.tensor([i for i, options in enumerate(continuations) for _ in options])
     rows = [c for options in continuations for c in options]
     cache = out.past_key_values
@@ -157,16 +168,26 @@ def _shared_prompt_scores(model, prompts: list[list[int]], continuations: list[l
     cont_ids, cont_mask = _pad(rows, pad_id, "right")
     positions = mask.sum(-1)[owner, None] + torch.arange(cont_ids.shape[1])
     attention = torch.cat([mask[owner], cont_mask], dim=1)
-    logits = model(input_ids=cont_ids.to(device), attention_mask=attention.to(device),
-                   position_ids=positions.to(device), past_key_values=cache, use_cache=True).logits
+    out = model(input_ids=cont_ids.to(device), attention_mask=attention.to(device),
+                position_ids=positions.to(device), past_key_values=cache, use_cache=True,
+                **({"output_hidden_states": True, "logits_to_keep": 1} if head_only else {}))
+    # (row, position) of every continuation token after the first, and the token it predicts
+    where = [(r, p) for r, row in enumerate(rows) for p in range(len(row) - 1)]
+    targets = torch.tensor([rows[r][p + 1] for r, p in where], dtype=torch.long)
+    r_idx = torch.tensor([r for r, _ in where], dtype=torch.long)
+    p_idx = torch.tensor([p for _, p in where], dtype=torch.long)
+    if head_only:
+        logits = model.get_output_embeddings()(out.hidden_states[-1][r_idx.to(device), p_idx.to(device)])
+    else:
+        logits = out.logits[r_idx.to(out.logits.device), p_idx.to(out.logits.device)]
+    later = logits.float().log_softmax(-1).gather(1, targets.to(logits.device)[:, None]).squeeze(1).cpu()
+    firsts = first.cpu()[owner, torch.tensor([row[0] for row in rows])]
     scores: list[list[float]] = [[] for _ in prompts]
+    start = 0
     for r, (row, prompt) in enumerate(zip(rows, owner.tolist(), strict=True)):
-        targets = torch.tensor(row, device=first.device)
-        picked = [first[prompt, targets[0]]]
-        if len(row) > 1:
-            log_probs = logits[r, :len(row) - 1].float().log_softmax(-1)
-            picked.append(log_probs.gather(1, targets[1:, None]).squeeze(1))
-        scores[prompt].append(torch.cat([p.reshape(-1) for p in picked]).mean().item())
+        picked = torch.cat([firsts[r:r + 1], later[start:start + len(row) - 1]])
+        start += len(row) - 1
+        scores[prompt].append(picked.mean().item())
     return scores
 
 
