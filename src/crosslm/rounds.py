@@ -15,12 +15,13 @@ from pathlib import Path
 
 from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
-from crosslm.evaluate import general_ability, task_accuracy
+from crosslm.evaluate import GeneralData, general_ability, load_general_data, task_accuracy
 from crosslm.protocol import FitIns, FitRes, ScoreIns
 from crosslm.report import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
 from crosslm.server import Server
+from crosslm.tasks.data import DataUnavailable
 from crosslm.tasks.spec import Example
 
 Progress = Callable[[str], None]
@@ -35,6 +36,8 @@ class RoundLoop:
         self.config, self.server, self.federation, self.run = config, server, federation, run
         self.llm_test, self.data_dir, self.progress = llm_test, data_dir, progress
         self.round = 0
+        self._general: GeneralData | None = None
+        self._general_missing: str | None = None
 
     @contextmanager
     def phase(self, name: str, **fields):
@@ -77,10 +80,23 @@ class RoundLoop:
         if first_or_last or ev.llm_task_every_round:
             with self.phase("E-llm-task") as record:
                 record |= task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate)
-        if first_or_last and ev.general_ability and self.data_dir is not None:
+        if first_or_last and ev.general_ability and self._general_data() is not None:
             with self.phase("E-llm-general") as record:
                 record |= general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
-                                          self.data_dir, ev.wikitext_tokens, ev.arc_easy_questions)
+                                          self._general, ev.wikitext_tokens, ev.arc_easy_questions)
+
+    def _general_data(self) -> GeneralData | None:
+        """WikiText-2 and ARC-Easy (data directory or hub), loaded once; when neither has them the
+        run goes on without general ability and says so on the console and in metrics.jsonl."""
+        if self._general is None and self._general_missing is None:
+            try:
+                self._general = load_general_data(self.data_dir)
+            except DataUnavailable as err:
+                self._general_missing = str(err)
+                self.progress(f"general ability not measured: {err}")
+                self.run.log({"round": self.round, "phase": "note",
+                              "message": f"general ability not measured: {err}"})
+        return self._general
 
     def _log_traffic(self) -> None:
         mine = [t for t in self.federation.transfers if t.round == self.round]
