@@ -54,6 +54,8 @@ def run(
                                               "RUN_DIR/tensorboard (tensorboard --logdir runs/); "
                                               "--engine flower: after the run, if the run directory "
                                               "is on this machine")] = False,
+    verbose: Annotated[bool, typer.Option(help="show other libraries' progress bars, log lines and "
+                                          "warnings here instead of in RUN_DIR/third_party.log")] = False,
 ) -> None:
     """Run an experiment: round 0 (local SLMs, zero-shot LLM), then CrossLM rounds."""
     overrides = list(set_)
@@ -83,7 +85,7 @@ def run(
             from crosslm.experiment import run_experiment
 
             with tb.tensorboard_logging() if tensorboard else nullcontext():
-                summary, run_path = run_experiment(cfg, mode, progress)
+                summary, run_path = run_experiment(cfg, mode, progress, verbose=verbose)
     except CrossLMError as err:
         _fail(err)
     console.print(summary_table(summary))
