@@ -30,11 +30,12 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None, str]] = []
-        self.rows = {("glue", "sst2", split): rows for split, rows in SST2_HUB_ROWS.items()}
+        self.rows = {("nyu-mll/glue", "sst2", split): rows for split, rows in SST2_HUB_ROWS.items()}
         self.rows[("Salesforce/wikitext", "wikitext-2-raw-v1", "test")] = WIKITEXT_ROWS
         self.rows[("allenai/ai2_arc", "ARC-Easy", "test")] = ARC_HUB_ROWS
 
-    def __call__(self, name: str, config: str | None = None, *, split: str) -> datasets.Dataset:
+    def __call__(self, name: str, config: str | None = None, *, split: str,
+                 revision: str | None = None) -> datasets.Dataset:
         self.calls.append((name, config, split))
         return datasets.Dataset.from_list(self.rows[(name, config, split)])
 
@@ -85,7 +86,7 @@ def test_without_a_data_dir_the_task_and_general_data_come_from_the_hub(hub):
     assert general.wikitext == "\n\n".join(row["text"] for row in WIKITEXT_ROWS)
     assert [(item.question, item.choices, item.label) for item in general.arc_easy] == [
         ("Which is a liquid?", ["ice", "water", "steam"], 1), ("How many legs has a spider?", ["6", "8"], 1)]
-    assert ("glue", "sst2", "train") in hub.calls
+    assert ("nyu-mll/glue", "sst2", "train") in hub.calls
     assert ("allenai/ai2_arc", "ARC-Easy", "test") in hub.calls
 
 

@@ -113,13 +113,14 @@ class DataUnavailable(CrossLMError):
     """Neither a data directory nor the hub has the data, so the user must choose one of the two."""
 
 
-def hub_rows(name: str, config: str | None, split: str, layout: str) -> list[dict]:
+def hub_rows(name: str, config: str | None, split: str, layout: str,
+             revision: str | None = None) -> list[dict]:
     """The rows of a Hugging Face hub dataset; offline or unreachable, a DataUnavailable that says
     both ways to get them (``layout``: the file a data directory would hold instead)."""
     from datasets import load_dataset  # imported here: a run from a data directory never needs it
 
     try:
-        return list(load_dataset(name, config, split=split))
+        return list(load_dataset(name, config, split=split, revision=revision))
     except (OSError, ValueError) as err:  # offline mode, no network, no such dataset (all OSErrors)
         raise DataUnavailable(
             f"'{name}' ({config or 'default'}, {split}) could not be loaded from the Hugging Face hub: "
@@ -134,7 +135,8 @@ def _load_hub_split(task: TaskSpec, split: str) -> list[Example]:
         raise CrossLMError(f"task '{task.name}' has no local data directory and no hub source")
     hub_split = getattr(task.hub, f"{split}_split")
     stem = getattr(task.splits, split)
-    rows = hub_rows(task.hub.name, task.hub.config, hub_split, f"{task.folder or task.name}/{stem}.jsonl")
+    rows = hub_rows(task.hub.name, task.hub.config, hub_split, f"{task.folder or task.name}/{stem}.jsonl",
+                    revision=task.hub.revision)
     return [
         _example({"text": r[task.hub.text_column], "label": r[task.hub.label_column]}, task,
                  f"hub:{task.hub.name}/{hub_split}:{i}")
