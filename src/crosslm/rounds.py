@@ -37,7 +37,7 @@ class RoundLoop:
         self.llm_test, self.data_dir, self.progress = llm_test, data_dir, progress
         self.round = 0
         self._general: GeneralData | None = None
-        self._general_missing: str | None = None
+        self._general_tried = False
 
     @contextmanager
     def phase(self, name: str, **fields):
@@ -88,11 +88,11 @@ class RoundLoop:
     def _general_data(self) -> GeneralData | None:
         """WikiText-2 and ARC-Easy (data directory or hub), loaded once; when neither has them the
         run goes on without general ability and says so on the console and in metrics.jsonl."""
-        if self._general is None and self._general_missing is None:
+        if not self._general_tried:
+            self._general_tried = True
             try:
                 self._general = load_general_data(self.data_dir)
             except DataUnavailable as err:
-                self._general_missing = str(err)
                 self.progress(f"general ability not measured: {err}")
                 self.run.log({"round": self.round, "phase": "note",
                               "message": f"general ability not measured: {err}"})

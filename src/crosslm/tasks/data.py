@@ -121,7 +121,7 @@ def hub_rows(name: str, config: str | None, split: str, layout: str,
 
     try:
         return list(load_dataset(name, config, split=split, revision=revision))
-    except (OSError, ValueError) as err:  # offline mode, no network, no such dataset (all OSErrors)
+    except (OSError, ValueError) as err:  # offline, no network, no such dataset; no such config
         raise DataUnavailable(
             f"'{name}' ({config or 'default'}, {split}) could not be loaded from the Hugging Face hub: "
             f"{err}. Either set ${DATA_DIR_ENV} (or data_dir: in the config, --data-dir) to a folder "
