@@ -8,6 +8,7 @@ this transformers happens to give.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from crosslm import experiment
 from crosslm.cli import app
-from crosslm.third_party import THIRD_PARTY_LOG
+from crosslm.third_party import THIRD_PARTY_LOG, ThirdPartyOutput
 
 WARNING = "`old_argument` is deprecated"
 LOG_LINE = "a transformers log line"
@@ -71,3 +72,23 @@ def test_verbose_leaves_third_party_output_on_the_console(runner, tmp_path, tiny
     assert result.exit_code == 0, result.output
     assert BAR in result.output and "Loading weights" in result.output
     assert not (tmp_path / "run" / THIRD_PARTY_LOG).exists()
+
+
+def test_output_of_a_run_that_stops_before_its_directory_goes_to_the_model_cache(crosslm_cache):
+    with pytest.raises(RuntimeError), ThirdPartyOutput():
+        warnings.warn(WARNING, FutureWarning, stacklevel=1)
+        raise RuntimeError("the model does not fit")
+    assert WARNING in (crosslm_cache / THIRD_PARTY_LOG).read_text(encoding="utf-8")
+
+
+def test_a_stderr_handler_made_during_a_run_writes_to_stderr_afterwards(tmp_path, capsys):
+    """As datasets does on its first import: its handler takes the sys.stderr of that moment."""
+    import logging
+
+    with ThirdPartyOutput() as third_party:
+        third_party.to_file(tmp_path / THIRD_PARTY_LOG)
+        late = logging.StreamHandler()
+        print("during", file=sys.stderr)
+    late.stream.write("after\n")
+    assert "during" in (tmp_path / THIRD_PARTY_LOG).read_text(encoding="utf-8")
+    assert capsys.readouterr().err == "after\n"

@@ -26,25 +26,29 @@ LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "datasets", "peft", "accel
 
 
 class _Sink(io.TextIOBase):
-    """A text stream that holds what it gets in memory until it is given a file."""
+    """A text stream that holds what it gets in memory until it is given a file.
+
+    Afterwards it writes to whatever ``sys.stderr`` is then: a library that made a stderr handler
+    while output was redirected (datasets does on import) keeps this stream.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._held = io.StringIO()
-        self._target: TextIO = self._held
+        self._target: TextIO | None = self._held
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        return self._target.write(text)
+        return (self._target or sys.stderr).write(text)
 
     def flush(self) -> None:
-        self._target.flush()
+        (self._target or sys.stderr).flush()
 
-    def redirect(self, target: TextIO) -> None:
-        """Send everything from now on (and whatever is held) to ``target``."""
-        target.write(self._held.getvalue())
+    def redirect(self, target: TextIO | None) -> None:
+        """Send everything from now on (and whatever is held) to ``target``; None: to sys.stderr."""
+        (target or sys.stderr).write(self._held.getvalue())
         self._held = io.StringIO()
         self._target = target
 
@@ -72,8 +76,7 @@ class ThirdPartyOutput:
     def __enter__(self) -> ThirdPartyOutput:
         if self.verbose:
             return self
-        console = sys.stderr
-        self._stack.callback(lambda: self._sink.redirect(console))  # a handler made meanwhile keeps it
+        self._stack.callback(self._sink.redirect, None)  # runs last, once sys.stderr is restored
         self._stack.enter_context(redirect_stderr(self._sink))  # tqdm bars, print(file=sys.stderr)
         self._stack.enter_context(warnings.catch_warnings())  # restores showwarning and the filters
         warnings.showwarning = self._show_warning
