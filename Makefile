@@ -2,8 +2,11 @@
 # up and run the tests (`make test`). Both create .venv on first use.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# With the benchmark data folder beside the clone: read it, offline. Without it: the hub.
+ifneq ($(wildcard ../shared/data),)
 export CROSSLM_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
+endif
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup run test lint

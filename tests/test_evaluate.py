@@ -22,8 +22,8 @@ from crosslm.evaluate import (
     ChoiceItem,
     choice_scores,
     general_ability,
-    general_ability_data,
     load_arc_easy,
+    load_general_data,
     load_wikitext,
     multiple_choice_accuracy,
     perplexity,
@@ -310,9 +310,8 @@ def test_general_ability_on_a_small_data_dir(model, tokenizer, tmp_path) -> None
     _write_jsonl(tmp_path / "wikitext2_raw" / "test.jsonl",
                  [{"text": line} for line in _corpus()[:30]])
     _write_jsonl(tmp_path / "arc_easy" / "test.jsonl", [ARC_ROW] * 5)
-    wikitext, arc_easy = general_ability_data(tmp_path, arc_easy_questions=3)
-    assert len(arc_easy) == 3
-    result = general_ability(model, tokenizer, wikitext, arc_easy, wikitext_tokens=300)
+    result = general_ability(model, tokenizer, load_general_data(tmp_path), wikitext_tokens=300,
+                             arc_easy_questions=3)
     assert set(result) == {"wikitext2_ppl", "arc_easy_acc"}
     assert math.isfinite(result["wikitext2_ppl"]) and result["wikitext2_ppl"] > 1
     assert result["arc_easy_acc"] in (0.0, 1.0)  # three copies of one question

@@ -50,6 +50,22 @@ def test_the_example_task_runs_end_to_end(runner, tmp_path, tiny_causal_dir, tin
     samples = [json.loads(line) for line in (run / "rounds/001/samples.jsonl").read_text().splitlines()]
     assert samples and {s["label"] for s in samples} <= set(range(4))
     assert all(len(s["soft_label"]) == 4 for s in samples)
+    # offline and without the benchmark data: general ability is not measured, and the run says so
+    assert "general ability not measured" in result.output and "CROSSLM_DATA_DIR" in result.output
+    assert [m["round"] for m in metrics if m["phase"] == "note"] == [0]
+    assert not [m for m in metrics if m["phase"] == "E-llm-general"]
+
+
+def test_the_example_task_measures_general_ability_from_the_benchmark_data(
+        runner, tmp_path, tiny_causal_dir, tiny_encoder_dir, shared_data):
+    run = tmp_path / "run"
+    settings = [*tiny(tiny_causal_dir, tiny_encoder_dir, run, 0), "--set", "evaluation.wikitext_tokens=64",
+                "--set", "evaluation.arc_easy_questions=2", "--data-dir", str(shared_data)]
+    result = runner.invoke(app, ["run", EXPERIMENT, *settings], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    general = [m for m in metrics if m["phase"] == "E-llm-general"]
+    assert len(general) == 1 and general[0]["arc_easy_acc"] in (0.0, 0.5, 1.0)
 
 
 def test_data_folder_is_relative_to_the_task_yaml(tmp_path, monkeypatch):

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from crosslm import tensorboard as tb
-from crosslm.config import load_config
+from crosslm.config import ExperimentConfig, load_config
 from crosslm.errors import CrossLMError
 from crosslm.report import summarise, summary_table
-from crosslm.rundir import load_metrics
+from crosslm.rundir import Listener, RunDir, listening, load_metrics
 
 app = typer.Typer(help="CrossLM: a server LLM and client SLMs improve each other without "
                        "moving private data.", no_args_is_help=True, add_completion=False)
@@ -54,6 +63,8 @@ def run(
                                               "RUN_DIR/tensorboard (tensorboard --logdir runs/); "
                                               "--engine flower: after the run, if the run directory "
                                               "is on this machine")] = False,
+    verbose: Annotated[bool, typer.Option(help="show other libraries' progress bars, log lines and "
+                                          "warnings here instead of in RUN_DIR/third_party.log")] = False,
 ) -> None:
     """Run an experiment: round 0 (local SLMs, zero-shot LLM), then CrossLM rounds."""
     overrides = list(set_)
@@ -82,12 +93,38 @@ def run(
         else:
             from crosslm.experiment import run_experiment
 
-            with tb.tensorboard_logging() if tensorboard else nullcontext():
-                summary, run_path = run_experiment(cfg, mode, progress)
+            with _round_bar(cfg), tb.tensorboard_logging() if tensorboard else nullcontext():
+                summary, run_path = run_experiment(cfg, mode, progress, verbose=verbose)
     except CrossLMError as err:
         _fail(err)
     console.print(summary_table(summary))
     console.print(f"run directory: {run_path}")
+
+
+ROUND_ZERO_ONLY = {"local-only", "centralized", "llm-zero-shot", "llm-few-shot"}  # a side is left out
+
+
+@contextmanager
+def _round_bar(cfg: ExperimentConfig) -> Iterator[None]:
+    """A bar under the progress lines on a terminal: rounds done, time so far, an estimate of the rest."""
+    total = 1 if cfg.method in ROUND_ZERO_ONLY else cfg.rounds + 1
+    columns = (TextColumn("rounds done"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn())
+    # rounds take minutes: estimate from every round so far, not rich's default last 30 seconds
+    with Progress(*columns, console=console, transient=True, speed_estimate_period=7 * 24 * 3600) as bar:
+        task = bar.add_task("rounds", total=total)
+
+        def attach(run: RunDir) -> Listener:
+            done = run.completed_round()  # resumed: rounds 0..done are done
+            bar.update(task, completed=0 if done is None else done + 1)
+
+            def listener(record: dict) -> None:  # a record of round r: rounds before r are done
+                bar.update(task, completed=max(bar.tasks[0].completed, record["round"]))
+
+            return listener
+
+        with listening(attach):
+            yield
 
 
 def _run_on_superlink(cfg, mode: str, superlink: str, root_certificates: Path | None,

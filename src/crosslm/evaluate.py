@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from crosslm.errors import CrossLMError
+from crosslm.tasks.data import hub_rows
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,40 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
             yield where, row
 
 
-def load_wikitext(data_dir: Path) -> str:
-    """The WikiText-2 test split as one string, joined as in the Hugging Face perplexity recipe."""
+WIKITEXT_FILE = Path("wikitext2_raw") / "test.jsonl"
+ARC_EASY_FOLDER = Path("arc_easy")
+WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+ARC_EASY_HUB = ("allenai/ai2_arc", "ARC-Easy")
+
+
+def _hub_rows(name: str, config: str, split: str, layout: Path) -> Iterator[tuple[str, dict]]:
+    """("hub:name/split:index", row) pairs, named like the local rows so errors read the same."""
+    for index, row in enumerate(hub_rows(name, config, split, str(layout))):
+        yield f"hub:{name}/{split}:{index}", row
+
+
+def load_wikitext(data_dir: Path | None) -> str:
+    """The WikiText-2 test split as one string, joined as in the Hugging Face perplexity recipe.
+
+    From ``data_dir/wikitext2_raw/test.jsonl``, or from the hub when ``data_dir`` is None
+    (the local file holds the hub's rows, so both give the same text).
+    """
+    rows = (_read_jsonl(Path(data_dir) / WIKITEXT_FILE) if data_dir is not None
+            else _hub_rows(*WIKITEXT_HUB, "test", WIKITEXT_FILE))
     texts = []
-    for where, row in _read_jsonl(Path(data_dir) / "wikitext2_raw" / "test.jsonl"):
+    for where, row in rows:
         if not isinstance(row.get("text"), str):
             raise CrossLMError(f"{where}: field 'text' must be a string")
         texts.append(row["text"])
     return "\n\n".join(texts)
+
+
+def _arc_row_from_hub(row: dict) -> dict:
+    """The hub's {question, choices: {text, label}, answerKey} as a local row {question, choices, label}."""
+    choices = row.get("choices") or {}
+    texts, keys = choices.get("text"), choices.get("label") or []
+    label = keys.index(row.get("answerKey")) if row.get("answerKey") in keys else None
+    return {"question": row.get("question"), "choices": texts, "label": label}
 
 
 def _choice_item(row: dict, where: str) -> ChoiceItem:
@@ -71,10 +98,39 @@ def _choice_item(row: dict, where: str) -> ChoiceItem:
     return ChoiceItem(question=question, choices=list(choices), label=label)
 
 
-def load_arc_easy(data_dir: Path, split: str = "test") -> list[ChoiceItem]:
-    """ARC-Easy questions in file order, so the first n are the same subset on every run."""
-    path = Path(data_dir) / "arc_easy" / f"{split}.jsonl"
-    return [_choice_item(row, where) for where, row in _read_jsonl(path)]
+def load_arc_easy(data_dir: Path | None, split: str = "test") -> list[ChoiceItem]:
+    """ARC-Easy questions in file order, so the first n are the same subset on every run.
+
+    From ``data_dir/arc_easy/<split>.jsonl``, or from the hub when ``data_dir`` is None
+    (``dev`` is the hub's ``validation``).
+    """
+    if data_dir is not None:
+        rows = _read_jsonl(Path(data_dir) / ARC_EASY_FOLDER / f"{split}.jsonl")
+    else:
+        hub_split = "validation" if split == "dev" else split
+        rows = ((where, _arc_row_from_hub(row)) for where, row in
+                _hub_rows(*ARC_EASY_HUB, hub_split, ARC_EASY_FOLDER / f"{split}.jsonl"))
+    return [_choice_item(row, where) for where, row in rows]
+
+
+@dataclass(frozen=True)
+class GeneralData:
+    """The general-ability sets, loaded once per run: WikiText-2 test text and ARC-Easy test items."""
+
+    wikitext: str
+    arc_easy: list[ChoiceItem]
+
+
+def load_general_data(data_dir: Path | None) -> GeneralData:
+    """From ``data_dir`` when it holds both sets as shared/data does, else from the hub.
+
+    A task's data directory need not hold them (a user task brings only its own splits); offline
+    without them this raises ``crosslm.tasks.data.DataUnavailable``.
+    """
+    local = data_dir is not None and (Path(data_dir) / WIKITEXT_FILE).is_file() and (
+        Path(data_dir) / ARC_EASY_FOLDER / "test.jsonl").is_file()
+    source = Path(data_dir) if local else None
+    return GeneralData(wikitext=load_wikitext(source), arc_easy=load_arc_easy(source, "test"))
 
 
 def _device(model) -> torch.device:
@@ -224,19 +280,14 @@ def multiple_choice_accuracy(model, tokenizer, items: list[ChoiceItem],
     return correct / len(items)
 
 
-def general_ability_data(data_dir: Path, arc_easy_questions: int) -> tuple[str, list[ChoiceItem]]:
-    """The WikiText-2 test text and the first ``arc_easy_questions`` ARC-Easy test questions."""
+def general_ability(model, tokenizer, data: GeneralData, wikitext_tokens: int,
+                    arc_easy_questions: int) -> dict[str, float]:
+    """Perplexity and ARC-Easy accuracy on fixed leading subsets, comparable before and after."""
     if arc_easy_questions < 1:
         raise CrossLMError(f"arc_easy_questions must be at least 1, got {arc_easy_questions}")
-    return load_wikitext(data_dir), load_arc_easy(data_dir, "test")[:arc_easy_questions]
-
-
-def general_ability(model, tokenizer, wikitext: str, arc_easy: list[ChoiceItem],
-                    wikitext_tokens: int) -> dict[str, float]:
-    """Perplexity and ARC-Easy accuracy on fixed leading subsets, comparable before and after."""
     return {
-        "wikitext2_ppl": perplexity(model, tokenizer, wikitext, wikitext_tokens),
-        "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, arc_easy),
+        "wikitext2_ppl": perplexity(model, tokenizer, data.wikitext, wikitext_tokens),
+        "arc_easy_acc": multiple_choice_accuracy(model, tokenizer, data.arc_easy[:arc_easy_questions]),
     }
 
 

@@ -24,6 +24,7 @@ from crosslm.server import Server
 from crosslm.tasks.data import load_split, resolve_data_dir
 from crosslm.tasks.partition import ClientData, partition
 from crosslm.tasks.spec import Example, TaskSpec, load_task
+from crosslm.third_party import THIRD_PARTY_LOG, ThirdPartyOutput
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,21 @@ def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, prog
 
 
 def run_experiment(config: ExperimentConfig, mode: Mode = "new",
-                   progress: Progress = lambda message: None) -> tuple[dict, Path]:
-    """Run ``config`` on this machine (in-process or Flower's simulation); (summary, run directory)."""
-    check_method(config)
-    progress("checking data and models")
-    data = load_experiment_data(config)
-    run = RunDir(config.output_dir, config, mode)
-    progress("loading models")
-    if config.engine == "flower-sim":
-        from crosslm.runtime.flower_app import run_simulation_engine
+                   progress: Progress = lambda message: None, verbose: bool = False) -> tuple[dict, Path]:
+    """Run ``config`` on this machine (in-process or Flower's simulation); (summary, run directory).
 
-        return run_simulation_engine(config, data, run, progress), run.path
-    return build_loop(config, data, run, progress).run_all(), run.path
+    Other libraries' progress bars, log lines and warnings go to ``third_party.log`` in the run
+    directory, unless ``verbose``.
+    """
+    with ThirdPartyOutput(verbose) as third_party:
+        check_method(config)
+        progress("checking data and models")
+        data = load_experiment_data(config)
+        run = RunDir(config.output_dir, config, mode)
+        third_party.to_file(run.path / THIRD_PARTY_LOG)
+        progress("loading models")
+        if config.engine == "flower-sim":
+            from crosslm.runtime.flower_app import run_simulation_engine
+
+            return run_simulation_engine(config, data, run, progress), run.path
+        return build_loop(config, data, run, progress).run_all(), run.path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
-from crosslm.evaluate import general_ability, general_ability_data, task_accuracy
+from crosslm.evaluate import GeneralData, general_ability, load_general_data, task_accuracy
 from crosslm.evaluation_cache import EvaluationCache, digest
 from crosslm.models.loading import model_cache_dir
 from crosslm.protocol import FitIns, FitRes, ScoreIns
@@ -23,6 +23,7 @@ from crosslm.report import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
 from crosslm.server import Server
+from crosslm.tasks.data import DataUnavailable
 from crosslm.tasks.spec import Example
 
 Progress = Callable[[str], None]
@@ -38,6 +39,8 @@ class RoundLoop:
         self.llm_test, self.data_dir, self.progress = llm_test, data_dir, progress
         self.evaluations = EvaluationCache(model_cache_dir() / "evaluations", config.evaluation.cache)
         self.round = 0
+        self._general: GeneralData | None = None
+        self._general_tried = False
 
     @contextmanager
     def phase(self, name: str, **fields):
@@ -89,16 +92,29 @@ class RoundLoop:
                 result, record["cached"] = self.evaluations.get_or_compute(
                     key, lambda: task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate))
                 record |= result
-        if first_or_last and ev.general_ability and self.data_dir is not None:
+        if first_or_last and ev.general_ability and self._general_data() is not None:
             with self.phase("E-llm-general") as record:
-                wikitext, arc_easy = general_ability_data(self.data_dir, ev.arc_easy_questions)
-                key = {"evaluation": "general-ability", "model": model, "wikitext": digest(wikitext),
+                data = self._general
+                key = {"evaluation": "general-ability", "model": model, "wikitext": digest(data.wikitext),
                        "wikitext_tokens": ev.wikitext_tokens,
-                       "arc_easy": digest([asdict(item) for item in arc_easy])}
+                       "arc_easy": digest([asdict(item) for item in data.arc_easy[:ev.arc_easy_questions]])}
                 result, record["cached"] = self.evaluations.get_or_compute(
                     key, lambda: general_ability(self.server.llm.language_model(), self.server.llm.tokenizer,
-                                                 wikitext, arc_easy, ev.wikitext_tokens))
+                                                 data, ev.wikitext_tokens, ev.arc_easy_questions))
                 record |= result
+
+    def _general_data(self) -> GeneralData | None:
+        """WikiText-2 and ARC-Easy (data directory or hub), loaded once; when neither has them the
+        run goes on without general ability and says so on the console and in metrics.jsonl."""
+        if not self._general_tried:
+            self._general_tried = True
+            try:
+                self._general = load_general_data(self.data_dir)
+            except DataUnavailable as err:
+                self.progress(f"general ability not measured: {err}")
+                self.run.log({"round": self.round, "phase": "note",
+                              "message": f"general ability not measured: {err}"})
+        return self._general
 
     def _log_traffic(self) -> None:
         mine = [t for t in self.federation.transfers if t.round == self.round]

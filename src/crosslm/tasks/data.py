@@ -109,18 +109,34 @@ def _check_label_names(folder: Path, task: TaskSpec) -> None:
             raise CrossLMError(f"{names_file}: labels {names} differ from task '{task.name}' {task.labels}")
 
 
+class DataUnavailable(CrossLMError):
+    """Neither a data directory nor the hub has the data, so the user must choose one of the two."""
+
+
+def hub_rows(name: str, config: str | None, split: str, layout: str,
+             revision: str | None = None) -> list[dict]:
+    """The rows of a Hugging Face hub dataset; offline or unreachable, a DataUnavailable that says
+    both ways to get them (``layout``: the file a data directory would hold instead)."""
+    from datasets import load_dataset  # imported here: a run from a data directory never needs it
+
+    try:
+        return list(load_dataset(name, config, split=split, revision=revision))
+    except (OSError, ValueError) as err:  # offline, no network, no such dataset; no such config
+        raise DataUnavailable(
+            f"'{name}' ({config or 'default'}, {split}) could not be loaded from the Hugging Face hub: "
+            f"{err}. Either set ${DATA_DIR_ENV} (or data_dir: in the config, --data-dir) to a folder "
+            f"laid out like shared/data, holding {layout}, or go online (HF_HUB_OFFLINE unset) "
+            "so the hub is used"
+        ) from None
+
+
 def _load_hub_split(task: TaskSpec, split: str) -> list[Example]:
     if task.hub is None:
         raise CrossLMError(f"task '{task.name}' has no local data directory and no hub source")
-    try:
-        from datasets import load_dataset
-    except ImportError:
-        raise CrossLMError(
-            f"no data directory given (--data-dir or ${DATA_DIR_ENV}); loading '{task.hub.name}' "
-            "from the hub needs: pip install 'crosslm[hub]'"
-        ) from None
     hub_split = getattr(task.hub, f"{split}_split")
-    rows = load_dataset(task.hub.name, task.hub.config, split=hub_split)
+    stem = getattr(task.splits, split)
+    rows = hub_rows(task.hub.name, task.hub.config, hub_split, f"{task.folder or task.name}/{stem}.jsonl",
+                    revision=task.hub.revision)
     return [
         _example({"text": r[task.hub.text_column], "label": r[task.hub.label_column]}, task,
                  f"hub:{task.hub.name}/{hub_split}:{i}")

@@ -42,6 +42,9 @@ class HubSource(_Strict):
 
     name: str
     config: str | None = None
+    # e.g. refs/convert/parquet: the hub's Parquet export of a dataset that has a loading script,
+    # which datasets>=4 no longer runs
+    revision: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     text_column: str = "text"
