@@ -30,11 +30,10 @@ import math
 import os
 import shlex
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from sampler_speed import s1, synchronized
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModel,
@@ -49,7 +48,7 @@ from crosslm.bench_results import machine
 from crosslm.config import FeedbackConfig, TrainConfig, config_from_layers
 from crosslm.experiment import run_experiment
 from crosslm.models.classifier import build_classifier
-from crosslm.models.devices import detect_hardware, input_device
+from crosslm.models.devices import detect_hardware
 from crosslm.models.llm import ServerLLM
 from crosslm.models.sampling import SamplingParams
 from crosslm.models.training import TrainItem, train_classifier
@@ -121,42 +120,6 @@ def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def synchronized() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def count_tokens(model: torch.nn.Module) -> Callable[[], int]:
-    """Tokens crosslm's sampler draws: one per row of every forward call (prefill and each step)."""
-    seen = [0]
-
-    def count(_module, _args, kwargs) -> None:
-        if kwargs.get("input_ids") is not None:
-            seen[0] += kwargs["input_ids"].shape[0]
-
-    model.register_forward_pre_hook(count, with_kwargs=True)
-    return lambda: seen[0]
-
-
-def s1(llm: ServerLLM, prompts: list[str], params: SamplingParams, batch_size: int) -> dict[str, float]:
-    """Tokens per second of crosslm's sampler and of HF generate on the same prompts."""
-    llm.generate(prompts[:batch_size], params, torch.Generator().manual_seed(1), batch_size)  # warm-up
-    counted = count_tokens(llm.model)
-    start = synchronized()
-    llm.generate(prompts, params, torch.Generator().manual_seed(0), batch_size)
-    ours = counted() / (synchronized() - start)
-    hf_tokens, start = 0, synchronized()
-    for i in range(0, len(prompts), batch_size):
-        enc = llm.tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
-        enc = enc.to(input_device(llm.model))
-        out = llm.model.generate(**enc, do_sample=True, top_k=params.top_k, top_p=params.top_p,
-                                 max_new_tokens=params.max_new_tokens,
-                                 pad_token_id=llm.tokenizer.pad_token_id)
-        hf_tokens += int((out[:, enc.input_ids.shape[1]:] != llm.tokenizer.pad_token_id).sum())
-    return {"s1_tokens_per_s": ours, "hf_generate_tokens_per_s": hf_tokens / (synchronized() - start)}
 
 
 def training_steps(llm: ServerLLM, texts: list[str], task, batch_size: int, optimizer: str

@@ -39,18 +39,26 @@ class Server:
         rng.shuffle(chosen)
         return chosen
 
-    def generate(self, round_: int) -> tuple[list[Candidate], dict[str, int]]:
-        """S1: label-conditioned few-shot sampling, then drop degenerate samples and duplicates."""
-        gen = self.config.generation
+    def generation_prompts(self, round_: int) -> tuple[list[str], list[int]]:
+        """S1's prompts and their intended labels: ``samples_per_label`` few-shot prompts per label."""
         rng = self._rng(round_, 1)
         prompts, labels = [], []
         for label in range(self.task.num_labels):
-            for _ in range(gen.samples_per_label):
+            for _ in range(self.config.generation.samples_per_label):
                 prompts.append(self.llm.generation_prompt(label, self._demonstrations(label, rng)))
                 labels.append(label)
-        params = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_k, gen.top_p)
+        return prompts, labels
+
+    def sampling_params(self) -> SamplingParams:
+        gen = self.config.generation
+        return SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_k, gen.top_p)
+
+    def generate(self, round_: int) -> tuple[list[Candidate], dict[str, int]]:
+        """S1: label-conditioned few-shot sampling, then drop degenerate samples and duplicates."""
+        gen = self.config.generation
+        prompts, labels = self.generation_prompts(round_)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + round_)
-        texts = self.llm.generate(prompts, params, generator, gen.batch_size)
+        texts = self.llm.generate(prompts, self.sampling_params(), generator, gen.batch_size)
         shown = [d for ds in self.task.seeds.values() for d in ds]
         shown += [d for ds in self.feedback_demos.values() for d in ds]
         return clean([Candidate(t, y) for t, y in zip(texts, labels, strict=True)],
