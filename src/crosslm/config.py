@@ -166,9 +166,6 @@ class PrivacyConfig(_Section):
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clipping norm")
     accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Opacus accountant that composes "
                                                                          "the steps into ε")
-    canaries: int = Field(default=0, ge=0, description="audit only: plant this many canary records "
-                                                       "(random labels) in client-0's training data and "
-                                                       "keep as many non-members, for crosslm audit")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> PrivacyConfig:
@@ -176,6 +173,14 @@ class PrivacyConfig(_Section):
             raise ValueError("set target_epsilon or noise_multiplier (or both: the run is refused when "
                              "that noise would exceed the target)")
         return self
+
+
+class AuditConfig(_Section):
+    """A membership-inference audit of client-0 (crosslm audit; docs/privacy.md), with or without DP."""
+
+    canaries: int = Field(default=0, ge=0, description="plant this many canary records (unused pool texts "
+                                                       "with random labels) in client-0's training data "
+                                                       "and keep as many matched non-members; 0: no audit")
 
 
 Method = Literal["crosslm", "local-only", "fedavg", "centralized", "llm-zero-shot", "llm-few-shot",
@@ -202,6 +207,7 @@ class ExperimentConfig(_Section):
     privacy: PrivacyConfig | None = Field(
         default=None, description="DP-SGD at every client, accounted per client (docs/privacy.md); "
                                   "None: no differential privacy")
+    audit: AuditConfig = AuditConfig()
 
 
 # S1's settings but the prompt format, which the LLM's classifier reads too (round 0, zero-shot)
