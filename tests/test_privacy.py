@@ -203,7 +203,8 @@ def test_private_run_reports_epsilon_per_client_and_round_and_the_audit_scores_c
     assert len(canaries["members"]) == len(canaries["non_members"]) == 6
     audited = runner.invoke(app, ["audit", str(run)], catch_exceptions=False)
     assert audited.exit_code == 0, audited.output
-    result = json.loads(audited.output)
+    result = json.loads((run / "audit" / "result.json").read_text())
+    assert json.dumps(result) in audited.output
     assert 0 <= result["mia_auc"] <= 1 and 0 <= result["mia_tpr_at_1pct_fpr"] <= 1
     assert result["canaries"] == 6 and result["after_round"] == 1
 
