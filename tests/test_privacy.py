@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,8 @@ from crosslm.privacy.audit import roc_auc, tpr_at_fpr
 from crosslm.protocol import FitIns, ScoreIns
 from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # -- the accountant ---------------------------------------------------------------------------
 
@@ -229,3 +232,29 @@ def test_tpr_at_low_fpr_known_answers():
     assert tpr_at_fpr(np.array([99.5, 200.0, 98.5, 0.0]), non_members, 0.01) == 0.75
     assert tpr_at_fpr(np.array([98.0, 50.0]), non_members, 0.01) == 0.0
     assert tpr_at_fpr(np.array([1.0]), np.array([0.0, 2.0]), 0.01) == 0.0  # too few: no FP allowed
+
+
+def test_privacy_benchmark_end_to_end_on_tiny_models(shared_data, monkeypatch, tmp_path, tiny_causal_dir,
+                                                     tiny_encoder_dir):
+    """benchmarks/privacy.py: a non-private and a DP setting, one seed, into a temp folder."""
+    monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
+    spec = importlib.util.spec_from_file_location("privacy_bench", ROOT / "benchmarks" / "privacy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = _private_config(tmp_path, tiny_causal_dir, [tiny_encoder_dir])
+    raw = yaml.safe_load(config.read_text())
+    del raw["privacy"]
+    config.write_text(yaml.safe_dump(raw))
+    results = tmp_path / "results"
+    rows = bench.main(["--config", str(config), "--epsilons", "none", "8", "--seeds", "0", "--canaries", "4",
+                       "--root", str(tmp_path / "runs"), "--results", str(results)])
+    assert [r["setting"] for r in rows] == ["non-private", "dp-eps8"]
+    stored = json.loads((results / "privacy.json").read_text())["rows"]
+    assert stored == rows
+    expected = {"setting", "epsilon", "delta", "seeds", "slm_acc_mean", "slm_acc_std", "llm_acc_mean",
+                "epsilon_spent_max", "mia_auc", "mia_tpr_at_1pct_fpr", "round_seconds_median"}
+    assert all(set(r) == expected for r in rows)
+    assert rows[0]["epsilon"] is None and rows[0]["epsilon_spent_max"] is None
+    assert rows[1]["epsilon"] == 8.0 and 0 < rows[1]["epsilon_spent_max"] <= 8.0
+    assert "| dp-eps8 | 8 |" in (results / "privacy.md").read_text()
+    assert (results / "plots" / "privacy-utility.png").stat().st_size > 0

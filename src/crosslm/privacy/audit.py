@@ -24,6 +24,7 @@ from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example
 
 CANARY_FILE = Path("audit") / "canaries.json"
+AUDIT_RESULT = Path("audit") / "result.json"
 AUDITED_CLIENT = "client-0"
 
 
@@ -129,5 +130,5 @@ def audit_run(run_dir: str | Path) -> dict[str, float]:
     probs = replies[AUDITED_CLIENT].probs
     count = len(canaries.members)
     result = attack(probs[:count], probs[count:], canaries) | {"after_round": done}
-    (run_dir / CANARY_FILE).with_name("result.json").write_text(json.dumps(result), encoding="utf-8")
+    (run_dir / AUDIT_RESULT).write_text(json.dumps(result), encoding="utf-8")
     return result
