@@ -72,8 +72,13 @@ def epsilon(phases: list[Phase], noise_multiplier: float, delta: float, accounta
     steps = [p for p in phases if p.steps > 0]
     if not steps:
         return 0.0
+    return composed_epsilon([(noise_multiplier, p.sample_rate, p.steps) for p in steps], delta, accountant)
+
+
+def composed_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """ε of (noise multiplier, sampling rate, steps) entries composed by an Opacus accountant."""
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise_multiplier, p.sample_rate, p.steps) for p in steps]
+    acc.history = list(history)
     with warnings.catch_warnings():  # at tiny noise the best RDP order is the largest: ε is an upper bound
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(acc.get_epsilon(delta=delta))
@@ -124,7 +129,8 @@ def plan(config: ExperimentConfig, n_private: int, client: str = "a client") -> 
 
 class PrivacyLedger:
     """The DP steps a client took, by round, on its disk: re-fitting a round replaces its entry, so a
-    client restarted mid-round does not count that round twice."""
+    client restarted mid-round does not count that round twice. Each round keeps its own noise
+    multiplier, so ε stays exact if a resumed run (with more rounds) planned a different one."""
 
     def __init__(self, path: Path, plan_: DPPlan) -> None:
         self.path, self.plan = Path(path), plan_
@@ -135,11 +141,12 @@ class PrivacyLedger:
     def record(self, round_: int, phases: list[Phase]) -> float:
         """Store round ``round_``'s steps (forgetting later rounds, which a resume re-runs); ε so far."""
         rounds = {r: v for r, v in self._rounds().items() if int(r) < round_}
-        rounds[str(round_)] = [[p.sample_rate, p.steps] for p in phases]
+        rounds[str(round_)] = [[self.plan.noise_multiplier, p.sample_rate, p.steps] for p in phases]
         write_atomic(self.path, json.dumps(rounds))
         return self.epsilon()
 
     def epsilon(self) -> float:
-        """ε over every round recorded so far."""
-        phases = [Phase(q, int(steps)) for entries in self._rounds().values() for q, steps in entries]
-        return epsilon(phases, self.plan.noise_multiplier, self.plan.delta, self.plan.accountant)
+        """ε over every round recorded so far, composed by the plan's accountant."""
+        history = [(sigma, q, int(steps))
+                   for entries in self._rounds().values() for sigma, q, steps in entries]
+        return composed_epsilon(history, self.plan.delta, self.plan.accountant) if history else 0.0

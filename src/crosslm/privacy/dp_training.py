@@ -43,6 +43,7 @@ def _frozen_without_per_example_grads(classifier: TextClassifier, probe: list[st
     embeddings read a [1, T] buffer, so Opacus would see a batch of one).
     """
     params = classifier.trainable_parameters()
+    classifier.train()  # Opacus captures activations in training mode only
     probe_model = GradSampleModule(classifier, batch_first=True, loss_reduction="sum", strict=False)
     try:
         classifier.label_logits(probe).sum().backward()
@@ -68,6 +69,8 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
     """Train ``epochs`` expected passes over ``private`` with DP-SGD; (metrics, the steps to account).
 
     No early stopping: choosing the epoch on private validation data is not covered by ε.
+    Nor is the training loss, a statistic of private batches: the metrics hold only
+    counts fixed before training.
     """
     n = len(private)
     q, per_epoch = sample_rate(batch_size, n), steps_per_epoch(batch_size, n)
@@ -79,7 +82,6 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=generator,
                                             steps=phase.steps)
     classifier.train()
-    losses: list[float] = []
     with _frozen_without_per_example_grads(classifier, [item.text for item in private[:2]]) as params:
         model = GradSampleModule(classifier, batch_first=True, loss_reduction="mean", strict=False)
         optimizer = DPOptimizer(make_optimizer(params, lr, optimizer_kind),
@@ -99,7 +101,6 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
                     weights = torch.tensor([item.weight for item in batch], device=logits.device)
                     loss = (weights * per_example_loss(logits, batch, distill_weight)).mean()
                     loss.backward()
-                    losses.append(loss.item())
                 else:  # an empty Poisson draw is still a step: noise only
                     for p in params:
                         p.grad_sample = torch.zeros(0, *p.shape, dtype=p.dtype, device=p.device)
@@ -107,6 +108,4 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
             optimizer.zero_grad(set_to_none=True)
         finally:
             model.remove_hooks()
-    metrics = {"epochs_run": epochs, "best_epoch": epochs, "dp_steps": phase.steps,
-               "train_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
-    return metrics, phase
+    return {"epochs_run": epochs, "best_epoch": epochs, "dp_steps": phase.steps}, phase
