@@ -214,6 +214,17 @@ def test_private_run_reports_epsilon_per_client_and_round_and_the_audit_scores_c
     assert result["canaries"] == 6 and result["after_round"] == 1
 
 
+def test_tensorboard_shows_epsilon_per_client_and_round():
+    from crosslm import tensorboard as tb
+
+    record = {"round": 2, "phase": "C1-fit", "clients": {
+        "client-0": {"test_accuracy": 0.5, "metrics": {"epsilon": 2.0}},
+        "client-1": {"test_accuracy": 0.6, "metrics": {"epsilon": 3.0}}}}
+    tags = tb.scalars(record)
+    assert tags["slm/client-0/epsilon"] == 2.0 and tags["slm/client-1/epsilon"] == 3.0
+    assert tags["slm/mean_epsilon"] == 2.5
+
+
 # -- the audit's statistics -------------------------------------------------------------------
 
 
