@@ -7,7 +7,7 @@ drives any federation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crosslm.baselines import FedAvgLoop, few_shot_task, union_of_silos
@@ -19,7 +19,7 @@ from crosslm.models.loading import model_kind, plan_model, resolve_model
 from crosslm.privacy import accounting
 from crosslm.privacy.audit import CANARY_FILE, Canaries, make_canaries, plant
 from crosslm.rounds import Progress, RoundLoop
-from crosslm.rundir import Mode, RunDir
+from crosslm.rundir import Mode, RunDir, write_atomic
 from crosslm.runtime.base import Federation
 from crosslm.runtime.in_process import InProcessFederation
 from crosslm.server import Server
@@ -59,7 +59,7 @@ def load_experiment_data(config: ExperimentConfig, resolve_models: bool = True) 
     if config.privacy is not None:  # a budget the planned rounds would exceed stops the run here
         plans = {name: accounting.plan(config, len(silo.train), name)
                  for name, (_, silo) in client_silos(config, data).items()}
-        data = ExperimentData(task, silos, test, data_dir, privacy=plans, canaries=canaries)
+        data = replace(data, privacy=plans)
     return data
 
 
@@ -137,7 +137,7 @@ def run_experiment(config: ExperimentConfig, mode: Mode = "new",
     run = RunDir(config.output_dir, config, mode)
     if data.canaries is not None:  # the auditor's record of which canaries were planted
         (run.path / CANARY_FILE).parent.mkdir(exist_ok=True)
-        (run.path / CANARY_FILE).write_text(data.canaries.to_json(), encoding="utf-8")
+        write_atomic(run.path / CANARY_FILE, data.canaries.to_json())
     progress("loading models")
     if config.engine == "flower-sim":
         from crosslm.runtime.flower_app import run_simulation_engine

@@ -8,8 +8,8 @@ A trainable layer without a grad sampler falls back to Opacus's functorch
 sampler (``strict=False``, which also admits BERT's position-id buffers: they do
 not mix examples). Parameters that get no gradient at all (BERT's unused pooler)
 are frozen while training, as the optimizer would skip them anyway; so are those
-whose input is one buffer shared by the batch (BERT's position and token-type
-embeddings), which have no per-example gradient.
+whose input is one buffer shared by the batch (BERT's position embeddings), which
+have no per-example gradient.
 
 Sampling is Poisson, as the accountant assumes: each step includes every private
 record independently with probability q = batch_size / n_private (Opacus's
@@ -33,14 +33,17 @@ from crosslm.models.classifier import TextClassifier
 from crosslm.models.training import TrainItem, make_optimizer, per_example_loss
 from crosslm.privacy.accounting import DPPlan, Phase, sample_rate, steps_per_epoch
 
+PROBE = ["a probe text", "another, longer probe text"]  # two texts: a shared input shows as a batch of one
+
 
 @contextmanager
 def _frozen_without_per_example_grads(classifier: TextClassifier, probe: list[str]):
     """Freeze trainable parameters that cannot get a per-example gradient, found on a probe batch.
 
     Two kinds: those no gradient reaches (BERT's pooler: the classifier pools itself), and
-    those whose input is shared by the whole batch (BERT's position and token-type
-    embeddings read a [1, T] buffer, so Opacus would see a batch of one).
+    those whose input is shared by the whole batch (BERT's position embeddings read a
+    [1, T] buffer, so Opacus would see a batch of one). The probe texts are fixed, not
+    private records: what is frozen depends on the architecture only.
     """
     params = classifier.trainable_parameters()
     classifier.train()  # Opacus captures activations in training mode only
@@ -82,7 +85,7 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=generator,
                                             steps=phase.steps)
     classifier.train()
-    with _frozen_without_per_example_grads(classifier, [item.text for item in private[:2]]) as params:
+    with _frozen_without_per_example_grads(classifier, PROBE) as params:
         model = GradSampleModule(classifier, batch_first=True, loss_reduction="mean", strict=False)
         optimizer = DPOptimizer(make_optimizer(params, lr, optimizer_kind),
                                 noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
