@@ -84,7 +84,8 @@ def test_config_refuses_what_dp_would_not_cover():
                              ("aggregation.weights=data_size", "uniform"), ("method=fedavg", "fedavg")):
         with pytest.raises(CrossLMError, match=message):
             check_method(load_config(None, ["privacy.target_epsilon=8", setting]))
-    check_method(load_config(None, ["privacy.target_epsilon=8"]))
+    for method in ("crosslm", "local-only", "synthetic-no-feedback", "llm-zero-shot"):
+        check_method(load_config(None, ["privacy.target_epsilon=8", f"method={method}"]))
 
 
 # -- DP-SGD -----------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def settings_not_read(method: Method) -> tuple[str, ...]:
     if method == "synthetic-no-feedback":  # no S2, S3 or S4
         return ("feedback", "selection", "aggregation")
     if method in ("llm-zero-shot", "llm-few-shot"):
-        return ("clients", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
+        return ("clients", "privacy", "audit", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
     return ("server", "generation.prompt_format", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg
 
 
@@ -296,14 +296,15 @@ def check_method(config: ExperimentConfig) -> None:
         check_private(config)
 
 
-DP_METHODS = ("crosslm", "synthetic-no-feedback", "local-only")
+NOT_DP_METHODS = ("fedavg", "centralized")  # the LLM-only baselines have no clients: privacy is moot
 
 
 def check_private(config: ExperimentConfig) -> None:
     """Refuse what would send private-data statistics outside the DP guarantee (docs/privacy.md)."""
-    if config.method not in DP_METHODS:
+    if config.method in NOT_DP_METHODS:
         raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
-                           f"of every step, centralized pools the silos); use one of {', '.join(DP_METHODS)}")
+                           "every round, centralized pools the silos); crosslm, synthetic-no-feedback and "
+                           "local-only are")
     if config.aggregation.weights != "uniform":
         raise CrossLMError(f"privacy: aggregation.weights {config.aggregation.weights} would send each "
                            "silo's private example count or validation accuracy; use uniform under DP")
