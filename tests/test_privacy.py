@@ -217,6 +217,9 @@ def test_private_run_reports_epsilon_per_client_and_round_and_the_audit_scores_c
     assert summary["epsilon_spent_max"] == max(e[1] for e in spent.values())
     shown = runner.invoke(app, ["show", str(run)], catch_exceptions=False).output
     assert "ε spent" in shown
+    report = runner.invoke(app, ["report", str(run)], catch_exceptions=False)
+    assert report.exit_code == 0, report.output
+    assert "client-1 ε spent" in (run / "report.html").read_text(encoding="utf-8")
     canaries = json.loads((run / "audit" / "canaries.json").read_text())
     assert len(canaries["members"]) == len(canaries["non_members"]) == 6
     audited = runner.invoke(app, ["audit", str(run)], catch_exceptions=False)
