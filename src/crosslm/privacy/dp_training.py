@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 from contextlib import contextmanager
 
 import torch
@@ -79,9 +80,11 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
     q, per_epoch = sample_rate(batch_size, n), steps_per_epoch(batch_size, n)
     phase = Phase(q, epochs * per_epoch)
     public_per_step = math.ceil(len(public) / per_epoch)
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)  # the public samples' order
+    torch.manual_seed(seed)  # dropout
+    # Poisson draws and noise from OS entropy: the run's seed is in the shared config, and a server
+    # that knew it could replay the noise and the batches, which would void the guarantee
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=generator,
                                             steps=phase.steps)
     classifier.train()
