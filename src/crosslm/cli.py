@@ -194,6 +194,19 @@ def report(
 
 
 @app.command()
+def audit(run_dir: Annotated[Path, typer.Argument(help="a finished in-process run with audit.canaries")]
+          ) -> None:
+    """Membership-inference audit of client-0 from the server's view (docs/privacy.md): the loss
+    attack's ROC AUC and TPR at 1% FPR on the planted canaries; also written to RUN_DIR/audit/."""
+    from crosslm.privacy.audit import audit_run
+
+    try:
+        print(json.dumps(audit_run(run_dir)))
+    except CrossLMError as err:
+        _fail(err)
+
+
+@app.command()
 def bench(
     spec: Annotated[Path, typer.Argument(help="bench spec YAML: tasks x settings x methods x seeds "
                                              "(docs/experiments.md)")],

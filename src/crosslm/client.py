@@ -9,13 +9,16 @@ Private data is read here and never put into a reply.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
 
-from crosslm.config import ClientsConfig
+from crosslm.config import ClientsConfig, TrainConfig
 from crosslm.models.classifier import TextClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, train_classifier
+from crosslm.privacy.accounting import DPPlan, PrivacyLedger
+from crosslm.privacy.dp_training import train_classifier_dp
 from crosslm.protocol import (
     AverageIns,
     AverageRes,
@@ -33,12 +36,19 @@ from crosslm.tasks.spec import Example, TaskSpec
 
 
 class Client:
-    """One silo: its SLM, its private data, its state directory."""
+    """One silo: its SLM, its private data, its state directory.
+
+    With a ``privacy`` plan it trains with DP-SGD, keeps its spent ε in
+    ``state_dir/privacy.json`` and sends no statistic of its private data but
+    through the DP model (docs/privacy.md).
+    """
 
     def __init__(self, name: str, model_name: str, task: TaskSpec, data: ClientData,
-                 test: list[Example], state_dir: Path, config: ClientsConfig, seed: int) -> None:
+                 test: list[Example], state_dir: Path, config: ClientsConfig, seed: int,
+                 privacy: DPPlan | None = None) -> None:
         self.name, self.model_name, self.task = name, model_name, task
         self.data, self.test, self.config, self.seed = data, test, config, seed
+        self.privacy = privacy
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._classifier: TextClassifier | None = None
@@ -134,20 +144,35 @@ class Client:
             budget, validation = self.config.round_training, None
             accepted = self._accepted_items(ins.round)
         self._classifier_round = -1  # mid-training weights match no saved round
-        metrics = train_classifier(
-            classifier, private + accepted, lr=budget.lr, epochs=budget.epochs,
-            batch_size=budget.batch_size, seed=self.seed + ins.round,
-            distill_weight=self.config.distill_weight, validation=validation,
-            patience=self.config.patience)
+        if self.privacy is None:
+            metrics = train_classifier(
+                classifier, private + accepted, lr=budget.lr, epochs=budget.epochs,
+                batch_size=budget.batch_size, seed=self.seed + ins.round,
+                distill_weight=self.config.distill_weight, validation=validation,
+                patience=self.config.patience)
+        else:
+            metrics = self._fit_private(classifier, private, accepted, budget, ins.round)
         self._classifier_round = ins.round
         start = time.perf_counter()
         test_acc = accuracy(classifier, self.test) if ins.evaluate else None
-        val_acc = accuracy(classifier, self.data.validation)
+        # under DP the private validation split is not read: its accuracy is not covered by ε
+        val_acc = accuracy(classifier, self.data.validation) if self.privacy is None else math.nan
         metrics |= {"val_accuracy": val_acc, "num_accepted": len(accepted), "test_accuracy": test_acc,
                     "eval_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - started}
         self._save(ins.round, classifier, metrics)
-        return FitRes(ins.round, len(self.data.train), metrics["val_accuracy"], test_acc,
+        num_examples = len(self.data.train) if self.privacy is None else 0  # a count is private too
+        return FitRes(ins.round, num_examples, metrics["val_accuracy"], test_acc,
                       {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+
+    def _fit_private(self, classifier: TextClassifier, private: list[TrainItem], accepted: list[TrainItem],
+                     budget: TrainConfig, round_: int) -> dict[str, float]:
+        """C1 with DP-SGD: the fixed epochs (no early stopping), ε over every round so far."""
+        metrics, phase = train_classifier_dp(
+            classifier, private, accepted, plan=self.privacy, lr=budget.lr, epochs=budget.epochs,
+            batch_size=budget.batch_size, seed=self.seed + round_, distill_weight=self.config.distill_weight)
+        ledger = PrivacyLedger(self.state_dir / "privacy.json", self.privacy)
+        return metrics | {"epsilon": ledger.record(round_, [phase]), "delta": self.privacy.delta,
+                          "noise_multiplier": self.privacy.noise_multiplier}
 
     def fit_average(self, ins: AverageIns) -> AverageRes:
         """The FedAvg baseline: from the global weights, the budget C1 has in the same round.
@@ -184,6 +209,7 @@ class Client:
         probs = probs / probs.mean(0)
         probs = probs / probs.sum(-1, keepdim=True)
         scorer_round = self._latest_snapshot(ins.round - 1).stem.removeprefix("model-r")
+        num_examples = len(self.data.train) if self.privacy is None else 0
         return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
-                        len(self.data.train), self._rounds()[scorer_round]["val_accuracy"],
+                        num_examples, self._rounds()[scorer_round]["val_accuracy"],
                         round(time.perf_counter() - started, 3))

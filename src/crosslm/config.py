@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crosslm.errors import CrossLMError, read_yaml
 
@@ -155,6 +155,37 @@ class EvaluationConfig(_Section):
     few_shot_per_label: int = Field(default=2, ge=1, description="llm-few-shot: seed demos per label")
 
 
+class PrivacyConfig(_Section):
+    """DP-SGD at every client (docs/privacy.md): per-example clipping and Gaussian noise, accounted."""
+
+    target_epsilon: float | None = Field(
+        default=None, gt=0, description="ε each client may spend over round 0 and all rounds; the noise "
+                                        "is planned to spend at most this (unless noise_multiplier is set)")
+    noise_multiplier: float | None = Field(
+        default=None, ge=0, description="Gaussian noise std / max_grad_norm; None: planned from "
+                                        "target_epsilon")
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee, per client; "
+                                                                "well below 1 / records per silo")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clipping norm")
+    accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Opacus accountant that composes "
+                                                                         "the steps into ε")
+
+    @model_validator(mode="after")
+    def _noise_or_target(self) -> PrivacyConfig:
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("set target_epsilon or noise_multiplier (or both: the run is refused when "
+                             "that noise would exceed the target)")
+        return self
+
+
+class AuditConfig(_Section):
+    """A membership-inference audit of client-0 (crosslm audit; docs/privacy.md), with or without DP."""
+
+    canaries: int = Field(default=0, ge=0, description="plant this many canary records (unused pool texts "
+                                                       "with random labels) in client-0's training data "
+                                                       "and keep as many matched non-members; 0: no audit")
+
+
 Method = Literal["crosslm", "local-only", "fedavg", "centralized", "llm-zero-shot", "llm-few-shot",
                  "synthetic-no-feedback"]
 
@@ -176,6 +207,10 @@ class ExperimentConfig(_Section):
     selection: SelectionConfig = SelectionConfig()
     aggregation: AggregationConfig = AggregationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    privacy: PrivacyConfig | None = Field(
+        default=None, description="DP-SGD at every client, accounted per client (docs/privacy.md); "
+                                  "None: no differential privacy")
+    audit: AuditConfig = AuditConfig()
 
 
 # S1's settings but the prompt format, which the LLM's classifier reads too (round 0, zero-shot)
@@ -194,7 +229,7 @@ def settings_not_read(method: Method) -> tuple[str, ...]:
     if method == "synthetic-no-feedback":  # no S2, S3 or S4
         return ("feedback", "selection", "aggregation")
     if method in ("llm-zero-shot", "llm-few-shot"):
-        return ("clients", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
+        return ("clients", "privacy", "audit", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
     return ("server", "generation.prompt_format", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg
 
 
@@ -260,6 +295,22 @@ def check_method(config: ExperimentConfig) -> None:
                            f"clients.slm is {config.clients.slm}")
     if config.method != "crosslm" and config.engine != "in-process":
         raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
+    if config.privacy is not None:
+        check_private(config)
+
+
+NOT_DP_METHODS = ("fedavg", "centralized")  # the LLM-only baselines have no clients: privacy is moot
+
+
+def check_private(config: ExperimentConfig) -> None:
+    """Refuse what would send private-data statistics outside the DP guarantee (docs/privacy.md)."""
+    if config.method in NOT_DP_METHODS:
+        raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
+                           "every round, centralized pools the silos); crosslm, synthetic-no-feedback and "
+                           "local-only are")
+    if config.aggregation.weights != "uniform":
+        raise CrossLMError(f"privacy: aggregation.weights {config.aggregation.weights} would send each "
+                           "silo's private example count or validation accuracy; use uniform under DP")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:

@@ -7,7 +7,7 @@ drives any federation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crosslm.baselines import FedAvgLoop, few_shot_task, union_of_silos
@@ -16,8 +16,10 @@ from crosslm.config import ExperimentConfig, check_method
 from crosslm.models.classifier import build_classifier
 from crosslm.models.llm import ServerLLM
 from crosslm.models.loading import model_kind, plan_model, resolve_model
+from crosslm.privacy import accounting
+from crosslm.privacy.audit import CANARY_FILE, Canaries, make_canaries, plant
 from crosslm.rounds import Progress, RoundLoop
-from crosslm.rundir import Mode, RunDir
+from crosslm.rundir import Mode, RunDir, write_atomic
 from crosslm.runtime.base import Federation
 from crosslm.runtime.in_process import InProcessFederation
 from crosslm.server import Server
@@ -33,21 +35,33 @@ class ExperimentData:
     silos: list[ClientData]
     test: list[Example]
     data_dir: Path | None
+    privacy: dict[str, accounting.DPPlan] = field(default_factory=dict)  # by client name, under DP
+    canaries: Canaries | None = None  # planted in client-0's training data (audit.canaries)
 
 
 def load_experiment_data(config: ExperimentConfig, resolve_models: bool = True) -> ExperimentData:
-    """Read and check the task, the data and (unless told not to) the models before anything is written."""
+    """Read and check the task, the data, the privacy budget and (unless told not to) the models
+    before anything is written."""
     task = load_task(config.task)
     data_dir = resolve_data_dir(config.data_dir)
     pool, test = load_split(task, "train", data_dir), load_split(task, "test", data_dir)
     c = config.clients
     silos = partition(pool, task.num_labels, c.num_clients, c.examples_per_client,
                       c.validation_per_client, c.partition, c.dirichlet_alpha, config.seed)
+    canaries = None
+    if config.audit.canaries:
+        canaries = make_canaries(pool, silos, task.num_labels, config.audit.canaries, config.seed)
+        silos = [plant(silos[0], canaries), *silos[1:]]
     for name in [config.server.llm, *c.slm] if resolve_models else []:
         resolve_model(name)
     if resolve_models:
         check_models_fit(config)
-    return ExperimentData(task, silos, test, data_dir)
+    data = ExperimentData(task, silos, test, data_dir, canaries=canaries)
+    if config.privacy is not None:  # a budget the planned rounds would exceed stops the run here
+        plans = {name: accounting.plan(config, len(silo.train), name)
+                 for name, (_, silo) in client_silos(config, data).items()}
+        data = replace(data, privacy=plans)
+    return data
 
 
 def check_models_fit(config: ExperimentConfig) -> None:
@@ -84,7 +98,7 @@ def build_federation(config: ExperimentConfig, data: ExperimentData, run_dir: Pa
     """One in-process client per silo (state under ``run_dir/clients``) and the federation to them."""
     slm_test = data.test[:config.evaluation.slm_test_size]
     clients = {name: Client(name, slm, data.task, silo, slm_test, run_dir / "clients" / name,
-                            config.clients, config.seed + k)
+                            config.clients, config.seed + k, privacy=data.privacy.get(name))
                for k, (name, (slm, silo)) in enumerate(client_silos(config, data).items())}
     return InProcessFederation(clients, on_deliver=lambda cid, kind: progress(f"  {cid}: {kind}"))
 
@@ -128,6 +142,9 @@ def run_experiment(config: ExperimentConfig, mode: Mode = "new",
         data = load_experiment_data(config)
         run = RunDir(config.output_dir, config, mode)
         third_party.to_file(run.path / THIRD_PARTY_LOG)
+        if data.canaries is not None:  # the auditor's record of which canaries were planted
+            (run.path / CANARY_FILE).parent.mkdir(exist_ok=True)
+            write_atomic(run.path / CANARY_FILE, data.canaries.to_json())
         progress("loading models")
         if config.engine == "flower-sim":
             from crosslm.runtime.flower_app import run_simulation_engine

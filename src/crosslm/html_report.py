@@ -22,6 +22,7 @@ from crosslm.plots import (
     accuracy_per_round,
     bytes_per_client,
     client_accuracy,
+    client_epsilon,
     communication_per_round,
     llm_accuracy,
     slm_accuracy,
@@ -129,6 +130,7 @@ def _per_round(metrics: list[dict]) -> str:
     columns = {
         "SLM test acc., mean": _formatted(slm_accuracy(metrics), "{:.1%}"),
         **{f"{cid} test acc.": _formatted(acc, "{:.1%}") for cid, acc in client_accuracy(metrics).items()},
+        **{f"{cid} ε spent": _formatted(eps, "{:.2f}") for cid, eps in client_epsilon(metrics).items()},
         "LLM task acc.": _formatted(llm_accuracy(metrics), "{:.1%}"),
         "WikiText-2 ppl": _field(metrics, "E-llm-general", "{wikitext2_ppl:.2f}"),
         "ARC-Easy acc.": _field(metrics, "E-llm-general", "{arc_easy_acc:.1%}"),

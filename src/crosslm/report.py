@@ -70,6 +70,20 @@ def _llm_summary(metrics: list[dict]) -> dict:
     return summary
 
 
+def _privacy_summary(metrics: list[dict]) -> dict:
+    """Each DP client's ε after every round; the largest after the last round is the run's ε."""
+    from crosslm.plots import client_epsilon
+
+    spent = client_epsilon(metrics)
+    if not spent:
+        return {"epsilon_spent_max": None}
+    deltas = {reply["metrics"]["delta"] for m in _phase(metrics, "C1-fit") for reply in m["clients"].values()
+              if "delta" in reply.get("metrics", {})}
+    return {"epsilon_by_client": spent, "epsilon_spent_max": max(max(e.values()) for e in spent.values()),
+            "epsilon_after_round_zero_max": max(e.get(0, 0.0) for e in spent.values()),
+            "delta": max(deltas)}
+
+
 def summarise(metrics: list[dict]) -> dict:
     """Before (round 0: local-only SLMs, zero-shot LLM) versus after the last round.
 
@@ -85,6 +99,7 @@ def summarise(metrics: list[dict]) -> dict:
         "rounds": max((m["round"] for m in metrics), default=0),
         **_slm_summary(metrics),
         **_llm_summary(metrics),
+        **_privacy_summary(metrics),
         "bytes_per_client_per_round": statistics.mean(traffic) if traffic else None,
         "round_seconds": rounds,
         "round_seconds_median": statistics.median(rounds) if rounds else None,
@@ -96,6 +111,10 @@ def _fmt(value: float | None, percent: bool = True) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f}%" if percent else f"{value:,.1f}"
+
+
+def _epsilon(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def summary_table(summary: dict) -> Table:
@@ -119,6 +138,9 @@ def summary_table(summary: dict) -> Table:
                       _fmt(summary.get("wikitext2_ppl_after"), False))
         table.add_row("LLM", "ARC-Easy accuracy", _fmt(summary["arc_easy_acc_before"]),
                       _fmt(summary.get("arc_easy_acc_after")))
+    for cid, spent in summary.get("epsilon_by_client", {}).items():
+        table.add_row(f"SLM {cid}", f"ε spent (δ = {summary['delta']:g}; before: round 0)",
+                      _epsilon(spent.get(0)), _epsilon(spent[max(spent)]))
     table.add_row("network", "bytes per client per round (both directions)", "-",
                   _fmt(summary["bytes_per_client_per_round"], False))
     table.add_row("time", "seconds per round (median; S1-S5, C1, C2)", "-",

@@ -33,10 +33,13 @@ def make_optimizer(parameters: list[torch.nn.Parameter], lr: float, kind: str = 
     return torch.optim.AdamW(parameters, lr=lr)
 
 
-def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
+def per_example_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
+    """Each item's loss: cross-entropy on its label, mixed with distillation to its soft label if any.
+
+    One value per item, so DP-SGD (``crosslm.privacy.dp_training``) can clip each one's gradient.
+    """
     device = logits.device
     labels = torch.tensor([item.label for item in batch], device=device)
-    weights = torch.tensor([item.weight for item in batch], device=device)
     loss = F.cross_entropy(logits.float(), labels, reduction="none")
     has_soft = torch.tensor([item.soft_label is not None for item in batch], device=device)
     if distill_weight > 0 and has_soft.any():
@@ -44,6 +47,12 @@ def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: fl
         soft_loss = -(soft * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         mixed = (1 - distill_weight) * loss + distill_weight * soft_loss
         loss = torch.where(has_soft, mixed, loss)
+    return loss
+
+
+def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
+    weights = torch.tensor([item.weight for item in batch], device=logits.device)
+    loss = per_example_loss(logits, batch, distill_weight)
     return (weights * loss).sum() / weights.sum().clamp(min=1e-8)
 
 

@@ -95,6 +95,7 @@ def _node_test(node_config: dict, task: TaskSpec, config: ExperimentConfig) -> l
 def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key: str) -> Client:
     """A silo's Client from its node config: private data, node-local state, its own model."""
     from crosslm.client import Client
+    from crosslm.privacy import accounting
     from crosslm.tasks.data import read_examples
     from crosslm.tasks.partition import ClientData
     from crosslm.tasks.spec import load_task
@@ -114,8 +115,9 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
     # the silo's own hardware decides where its SLM runs
     device = str(node_config.get("device") or config.clients.device)
     clients = config.clients.model_copy(update={"device": device})
+    privacy = None if config.privacy is None else accounting.plan(config, len(train), silo)
     return Client(silo, slm, task, ClientData(train, validation), _node_test(node_config, task, config),
-                  state, clients, seed)
+                  state, clients, seed, privacy=privacy)
 
 
 def _simulated_client(setup: SimulationSetup, silo: str) -> Client:
@@ -131,7 +133,7 @@ def _simulated_client(setup: SimulationSetup, silo: str) -> Client:
     k = int(silo.removeprefix("client-"))
     slm = config.clients.slm[k % len(config.clients.slm)]
     return Client(silo, slm, data.task, data.silos[k], data.test[:config.evaluation.slm_test_size],
-                  setup.state_root / silo, config.clients, config.seed + k)
+                  setup.state_root / silo, config.clients, config.seed + k, privacy=data.privacy.get(silo))
 
 
 def _client(context: Context, setup: SimulationSetup | None, run_key: str, silo: str) -> Client:
