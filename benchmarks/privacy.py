@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from crosslm.bench_results import machine  # noqa: E402
 from crosslm.config import load_config  # noqa: E402
 from crosslm.experiment import run_experiment  # noqa: E402
-from crosslm.privacy.audit import AUDIT_RESULT, audit_run  # noqa: E402
+from crosslm.privacy.audit import AUDIT_RESULT  # noqa: E402
+from crosslm.privacy.auditor import audit_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NON_PRIVATE = "none"

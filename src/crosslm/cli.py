@@ -198,7 +198,7 @@ def audit(run_dir: Annotated[Path, typer.Argument(help="a finished in-process ru
           ) -> None:
     """Membership-inference audit of client-0 from the server's view (docs/privacy.md): the loss
     attack's ROC AUC and TPR at 1% FPR on the planted canaries; also written to RUN_DIR/audit/."""
-    from crosslm.privacy.audit import audit_run
+    from crosslm.privacy.auditor import audit_run
 
     try:
         print(json.dumps(audit_run(run_dir)))

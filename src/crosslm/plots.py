@@ -39,16 +39,6 @@ def client_accuracy(metrics: list[dict]) -> dict[str, PerRound]:
     return out
 
 
-def client_epsilon(metrics: list[dict]) -> dict[str, PerRound]:
-    """Client id -> round -> ε spent so far, for clients that train with DP (privacy:)."""
-    out: dict[str, PerRound] = {}
-    for m in _records(metrics, "C1-fit"):
-        for cid, reply in m["clients"].items():
-            if reply.get("metrics", {}).get("epsilon") is not None:
-                out.setdefault(cid, {})[m["round"]] = reply["metrics"]["epsilon"]
-    return out
-
-
 def slm_accuracy(metrics: list[dict]) -> PerRound:
     """Round -> mean SLM test accuracy over the clients that reported one; FedAvg: its global model's."""
     per_round: dict[int, list[float]] = {}

@@ -70,10 +70,18 @@ def _llm_summary(metrics: list[dict]) -> dict:
     return summary
 
 
+def client_epsilon(metrics: list[dict]) -> dict[str, dict[int, float]]:
+    """Client id -> round -> ε spent so far, for clients that train with DP (privacy:)."""
+    out: dict[str, dict[int, float]] = {}
+    for m in _phase(metrics, "C1-fit"):
+        for cid, reply in m["clients"].items():
+            if reply.get("metrics", {}).get("epsilon") is not None:
+                out.setdefault(cid, {})[m["round"]] = reply["metrics"]["epsilon"]
+    return out
+
+
 def _privacy_summary(metrics: list[dict]) -> dict:
     """Each DP client's ε after every round; the largest after the last round is the run's ε."""
-    from crosslm.plots import client_epsilon
-
     spent = client_epsilon(metrics)
     if not spent:
         return {"epsilon_spent_max": None}
