@@ -22,13 +22,12 @@ from crosslm.plots import (
     accuracy_per_round,
     bytes_per_client,
     client_accuracy,
-    client_epsilon,
     communication_per_round,
     llm_accuracy,
     slm_accuracy,
     synthetic_quality,
 )
-from crosslm.report import summarise, summary_table
+from crosslm.report import client_epsilon, summarise, summary_table
 from crosslm.rundir import load_metrics, load_samples, write_atomic
 from crosslm.tasks.spec import load_task
 
