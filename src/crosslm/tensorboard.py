@@ -16,7 +16,8 @@ every record the run logs, so a resumed run never shows a round twice. Tags:
   ``synthetic/dropped/too_short``).
 
 The group is ``GROUPS[phase]``, or the phase's own name for a phase not listed.
-Strings, lists and missing values (``None``) are not scalars and are skipped.
+Strings, lists, flags (``cached``: True/False) and missing values (``None``) are not
+scalars and are skipped.
 """
 
 from __future__ import annotations
@@ -68,8 +69,12 @@ def _flatten(out: dict[str, float], tag: str, value: object) -> None:
         for key, inner in value.items():
             if key not in NOT_METRICS:
                 _flatten(out, f"{tag}/{key}", inner)
-    elif isinstance(value, int | float):
+    elif _is_number(value):
         out[tag] = float(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _leaves(fields: dict) -> dict[str, float]:
@@ -78,7 +83,7 @@ def _leaves(fields: dict) -> dict[str, float]:
     for key, value in fields.items():
         if isinstance(value, dict):
             out |= _leaves(value)
-        elif key not in NOT_METRICS and isinstance(value, int | float):
+        elif key not in NOT_METRICS and _is_number(value):
             out[key] = float(value)
     return out
 
