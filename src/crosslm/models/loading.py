@@ -152,7 +152,7 @@ def _load(name: str, *, causal: bool, device: str, dtype: str | None, shardable:
         kwargs["dtype"] = chosen
     model_class = AutoModelForCausalLM if causal else AutoModel
     model = model_class.from_pretrained(source, **kwargs)
-    _fast_float_math(model)
+    _contiguous_head_input(model)
     return model, load_tokenizer(source, causal=causal)
 
 
@@ -160,17 +160,10 @@ def _contiguous(_module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
-def _fast_float_math(model: nn.Module) -> None:
-    """Two CPU slowdowns that change no result we measure (docs/performance.md).
-
-    - Subnormal floats (below 1.2e-38) appear in the activations of these models and
-      cost x86 cores 10-100x per operation: a Gemma 3 270M forward took 3.4x longer.
-      They are flushed to zero, process-wide, from the first model load on.
-    - Transformers slices the last positions before the LM head (``logits_to_keep``);
-      on that non-contiguous slice torch runs one matrix-vector product per row over
-      the whole vocabulary, 2.5-3x slower than one matrix product on a copy.
-    """
-    torch.set_flush_denormal(True)
+def _contiguous_head_input(model: nn.Module) -> None:
+    """Transformers slices the last positions before the LM head (``logits_to_keep``); on that
+    strided view torch runs one matrix-vector product per row over the whole vocabulary, 2.7-4x
+    slower than one matrix product on a contiguous copy (docs/performance.md)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         head.register_forward_pre_hook(_contiguous)
