@@ -273,9 +273,11 @@ def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
 
 def _untimed(record: object) -> object:
     """A metrics record without the wall-clock figures, which differ from run to run (so do the
-    message sizes by a byte or two: replies carry the client's seconds)."""
+    message sizes by a byte or two: replies carry the client's seconds), and without whether an
+    evaluation came from the cache (a later run reads what an earlier one computed)."""
     if isinstance(record, dict):
-        return {k: _untimed(v) for k, v in record.items() if not k.endswith("seconds") and k != "bytes"}
+        return {k: _untimed(v) for k, v in record.items()
+                if not k.endswith("seconds") and k not in ("bytes", "cached")}
     return [_untimed(v) for v in record] if isinstance(record, list) else record
 
 
