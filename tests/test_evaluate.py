@@ -171,18 +171,6 @@ def test_perplexity_restores_training_mode_and_rejects_bad_sizes(tokenizer) -> N
 # --- multiple choice ----------------------------------------------------------------------
 
 
-def test_scores_equal_the_independent_computation(model, tokenizer, items) -> None:
-    """Sharing each question's KV cache among its choices gives what scoring each row alone gives."""
-    expected = _independent_scores(model, tokenizer, items)
-    tokenizer.padding_side = "left"
-    try:
-        got = choice_scores(model, tokenizer, items, batch_size=16)
-    finally:
-        tokenizer.padding_side = "right"
-    for row_got, row_expected in zip(got, expected, strict=True):
-        assert row_got == pytest.approx(row_expected, abs=1e-4)
-
-
 class _ScaledLogits(torch.nn.Module):
     """A causal LM whose logits are post-processed after its head (as some families' are)."""
 
@@ -199,17 +187,22 @@ class _ScaledLogits(torch.nn.Module):
         return out
 
 
-def test_a_model_that_post_processes_its_logits_is_scored_from_its_logits(model, tokenizer, items) -> None:
-    scaled = _ScaledLogits(model)
-    expected = _independent_scores(scaled, tokenizer, items)
+@pytest.mark.parametrize("post_processed", [False, True], ids=["head-only", "post-processed-logits"])
+def test_scores_equal_the_independent_computation(post_processed, model, tokenizer, items) -> None:
+    """Sharing each question's KV cache among its choices and running the head only where a choice
+    token is predicted (or, where the model post-processes its logits, reading its full logits)
+    gives what scoring each row alone gives."""
+    scored = _ScaledLogits(model) if post_processed else model
+    expected = _independent_scores(scored, tokenizer, items)
     tokenizer.padding_side = "left"
     try:
-        got = choice_scores(scaled, tokenizer, items, batch_size=16)
+        got = choice_scores(scored, tokenizer, items, batch_size=16)
     finally:
         tokenizer.padding_side = "right"
     for row_got, row_expected in zip(got, expected, strict=True):
         assert row_got == pytest.approx(row_expected, abs=1e-4)
-    assert got != choice_scores(model, tokenizer, items)
+    if post_processed:  # the scaling matters: scoring from the head alone would miss it
+        assert got != choice_scores(model, tokenizer, items)
 
 
 def test_accuracy_is_one_for_argmax_labels_and_zero_for_argmin(model, tokenizer, items) -> None:
