@@ -1,4 +1,4 @@
-"""The round of DESIGN.md, written once against the federation interface: ``RoundLoop``.
+"""The round of docs/design.md, written once against the federation interface: ``RoundLoop``.
 
 Round 0 is local training and the LLM before enhancement; rounds 1..R are
 S1, C2, S2, S3, S4, S5, C1 (+E). Baselines reuse it with a side left out
