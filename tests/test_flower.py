@@ -42,7 +42,8 @@ from crosslm.runtime.flower_submit import QUIET_ENV, write_flower_home  # noqa: 
 
 BIN = Path(sys.executable).parent
 # What is compared between engines: everything a phase reports except how long it took.
-TIMING = {"seconds", "eval_seconds", "bytes"}
+# differ from run to run, or say only where a figure came from (an evaluation cache hit)
+TIMING = {"seconds", "eval_seconds", "bytes", "cached"}
 
 
 # -- helpers ----------------------------------------------------------------------------------
