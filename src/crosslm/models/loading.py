@@ -162,7 +162,7 @@ def _contiguous(_module: nn.Module, args: tuple) -> tuple:
 
 def _contiguous_head_input(model: nn.Module) -> None:
     """Transformers slices the last positions before the LM head (``logits_to_keep``); on that
-    strided view torch runs one matrix-vector product per row over the whole vocabulary, 2.7-4x
+    strided view torch runs one matrix-vector product per row over the whole vocabulary, 2.8-3.9x
     slower than one matrix product on a contiguous copy (docs/performance.md)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
