@@ -84,14 +84,15 @@ class RoundLoop:
         """
         ev = self.config.evaluation
         first_or_last = self.round in (0, self.config.rounds)
+        if not (first_or_last or ev.llm_task_every_round):
+            return
         model = self.server.llm.classifier_fingerprint()
-        if first_or_last or ev.llm_task_every_round:
-            with self.phase("E-llm-task") as record:
-                key = {"evaluation": "task-accuracy", "model": model, "calibrate": ev.calibrate,
-                       "test": digest([[ex.text, ex.label] for ex in self.llm_test])}
-                result, record["cached"] = self.evaluations.get_or_compute(
-                    key, lambda: task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate))
-                record |= result
+        with self.phase("E-llm-task") as record:
+            key = {"evaluation": "task-accuracy", "model": model, "calibrate": ev.calibrate,
+                   "test": digest([[ex.text, ex.label] for ex in self.llm_test])}
+            result, record["cached"] = self.evaluations.get_or_compute(
+                key, lambda: task_accuracy(self.server.llm.classifier, self.llm_test, ev.calibrate))
+            record |= result
         if first_or_last and ev.general_ability and self._general_data() is not None:
             with self.phase("E-llm-general") as record:
                 data = self._general
