@@ -16,7 +16,7 @@ from pathlib import Path
 
 from crosslm.config import ClientsConfig, TrainConfig
 from crosslm.models.classifier import TextClassifier, build_classifier
-from crosslm.models.training import TrainItem, accuracy, train_classifier
+from crosslm.models.training import TrainItem, accuracy, label_balanced, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
 from crosslm.privacy.dp_training import train_classifier_dp
 from crosslm.protocol import (
@@ -120,6 +120,11 @@ class Client:
                                            self.config.synthetic_weight))
         return items
 
+    def _private_items(self) -> list[TrainItem]:
+        """The silo's examples, label-balanced unless off or under DP (``label_balanced``)."""
+        items = [TrainItem(ex.text, ex.label) for ex in self.data.train]
+        return label_balanced(items) if self.config.balance_labels and self.privacy is None else items
+
     # -- phases -----------------------------------------------------------------------------
 
     def fit(self, ins: FitIns) -> FitRes:
@@ -131,7 +136,7 @@ class Client:
         label-balanced accepted data.
         """
         started = time.perf_counter()
-        private = [TrainItem(ex.text, ex.label) for ex in self.data.train]
+        private = self._private_items()
         if ins.round == 0:
             classifier = self._model_after(None)
             budget, validation, accepted = self.config.local_training, self.data.validation, []
@@ -154,11 +159,12 @@ class Client:
             metrics = self._fit_private(classifier, private, accepted, budget, ins.round)
         self._classifier_round = ins.round
         start = time.perf_counter()
-        test_acc = accuracy(classifier, self.test) if ins.evaluate else None
+        test_acc, majority_share = prediction_figures(classifier, self.test) if ins.evaluate else (None, None)
         # under DP the private validation split is not read: its accuracy is not covered by ε
         val_acc = accuracy(classifier, self.data.validation) if self.privacy is None else math.nan
         metrics |= {"val_accuracy": val_acc, "num_accepted": len(accepted), "test_accuracy": test_acc,
-                    "eval_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - started}
+                    "test_majority_share": majority_share, "eval_seconds": time.perf_counter() - start,
+                    "seconds": time.perf_counter() - started}
         self._save(ins.round, classifier, metrics)
         num_examples = len(self.data.train) if self.privacy is None else 0  # a count is private too
         return FitRes(ins.round, num_examples, metrics["val_accuracy"], test_acc,
@@ -185,7 +191,7 @@ class Client:
         self._classifier_round = -1
         budget = self.config.local_training if ins.round == 0 else self.config.round_training
         metrics = train_classifier(
-            classifier, [TrainItem(ex.text, ex.label) for ex in self.data.train], lr=budget.lr,
+            classifier, self._private_items(), lr=budget.lr,
             epochs=budget.epochs, batch_size=budget.batch_size, seed=self.seed + ins.round,
             validation=self.data.validation if ins.round == 0 else None, patience=self.config.patience)
         val_acc = accuracy(classifier, self.data.validation)

@@ -43,6 +43,12 @@ class ClientsConfig(_Section):
     # 2e-4: at 5e-5, silos of 128 SST-2 examples often never beat predicting their majority label
     local_training: TrainConfig = TrainConfig(lr=2e-4, epochs=20, batch_size=16)
     patience: int = Field(default=3, ge=1, description="epochs without validation gain before stopping")
+    balance_labels: bool = Field(
+        default=True,
+        description="weight each private example by its silo's inverse label frequency, so a skewed silo's "
+                    "model does not collapse onto its majority label; off under privacy (the weights would "
+                    "depend on other records)",
+    )
     round_training: TrainConfig = TrainConfig(lr=5e-5, epochs=1, batch_size=16)
     synthetic_weight: float = Field(default=1.0, ge=0, description="loss weight of accepted samples")
     distill_weight: float = Field(

@@ -14,6 +14,9 @@ def _phase(metrics: list[dict], phase: str) -> list[dict]:
     return [m for m in metrics if m["phase"] == phase]
 
 
+COLLAPSED_SHARE = 0.95  # a client model that puts this share of its test predictions on one label
+
+
 def _round_seconds(metrics: list[dict]) -> list[float]:
     """Per CrossLM round: S1-S5, C1 and C2, without the clients' evaluation time."""
     rounds = sorted({m["round"] for m in metrics if m["round"] > 0})
@@ -33,11 +36,16 @@ def _slm_summary(metrics: list[dict]) -> dict:
     clients = {cid: {"local_only": first["clients"][cid]["test_accuracy"],
                      "crosslm": last["clients"].get(cid, {}).get("test_accuracy")}
                for cid in first["clients"]}
+    def collapsed(record: dict) -> int:
+        shares = [reply["metrics"].get("test_majority_share", 0) for reply in record["clients"].values()]
+        return sum(share >= COLLAPSED_SHARE for share in shares)
+
     after = [c["crosslm"] for c in clients.values() if c["crosslm"] is not None]
     before = [c["local_only"] for c in clients.values() if c["local_only"] is not None]
     summary = {"clients": clients,
                "slm_acc_local_only_mean": statistics.mean(before) if before else None,
-               "slm_acc_crosslm_mean": statistics.mean(after) if after else None}
+               "slm_acc_crosslm_mean": statistics.mean(after) if after else None,
+               "collapsed_clients_local_only": collapsed(first), "collapsed_clients": collapsed(last)}
     global_model = _phase(metrics, "E-slm-global")
     summary["slm_acc"] = global_model[-1]["accuracy"] if global_model else summary["slm_acc_crosslm_mean"]
     return summary
@@ -137,6 +145,8 @@ def summary_table(summary: dict) -> Table:
     if "clients" in summary:
         table.add_row("SLM mean", "test accuracy", _fmt(summary["slm_acc_local_only_mean"]),
                       _fmt(summary["slm_acc"]))
+        table.add_row("SLM", f"clients collapsed onto one label (>= {COLLAPSED_SHARE:.0%} of predictions)",
+                      str(summary["collapsed_clients_local_only"]), str(summary["collapsed_clients"]))
     if "llm_acc_zero_shot" in summary:
         table.add_row("LLM", "task accuracy (best of raw and calibrated)",
                       _fmt(summary["llm_acc_zero_shot"]), _fmt(summary["llm_acc"]))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,29 @@ def _predicted_and_true(classifier: TextClassifier, examples: list[Example], bat
 
 
 def accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
+    return prediction_figures(classifier, examples, batch_size)[0]
+
+
+def prediction_figures(classifier: TextClassifier, examples: list[Example], batch_size: int = 64
+                 ) -> tuple[float, float]:
+    """(accuracy, majority share): the share of predictions on the most predicted label, which
+    is at least 0.95 for a collapsed model that predicts one label for (almost) everything."""
     predicted, labels = _predicted_and_true(classifier, examples, batch_size)
-    return float((predicted == labels).float().mean())
+    majority_share = float(predicted.bincount().max()) / len(predicted)
+    return float((predicted == labels).float().mean()), majority_share
+
+
+def label_balanced(items: list[TrainItem]) -> list[TrainItem]:
+    """The items reweighted so that each label present carries the same total weight.
+
+    A silo's labels are skewed under non-IID partitions; with a plain loss its model
+    can reach a low loss by predicting the majority label, and early stopping on an
+    equally skewed validation split then keeps that collapsed model. The weights come
+    from the silo's own label counts and are sent nowhere. Mean weight stays 1.
+    """
+    counts = Counter(item.label for item in items)
+    scale = {label: len(items) / (len(counts) * n) for label, n in counts.items()}
+    return [replace(item, weight=item.weight * scale[item.label]) for item in items]
 
 
 def balanced_accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
@@ -73,6 +95,34 @@ def balanced_accuracy(classifier: TextClassifier, examples: list[Example], batch
     predicted, labels = _predicted_and_true(classifier, examples, batch_size)
     recalls = [(predicted[labels == y] == y).float().mean() for y in labels.unique()]
     return float(torch.stack(recalls).mean())
+
+
+class EpochSelector:
+    """Early stopping on balanced validation accuracy that does not lock onto a collapsed model.
+
+    A model that predicts one label scores exactly chance (1 / the labels present). While
+    the best epoch is at chance, a later epoch at chance replaces it and patience does
+    not run: a skewed silo's first epoch is often such a model, and with plain
+    "stop after ``patience`` epochs without a gain" it was kept whenever no later epoch
+    beat it by chance.
+    """
+
+    def __init__(self, validation: list[Example] | None, patience: int | None) -> None:
+        # float32 rounding: the mean of the recalls [1, 0, 0] is 1/3 + 3e-8
+        self.chance = 1 / len({ex.label for ex in validation}) + 1e-6 if validation else 0.0
+        self.patience, self.best, self.best_epoch = patience, float("-inf"), 0
+
+    def keep(self, epoch: int, balanced_acc: float) -> bool:
+        """Whether this epoch's weights are the ones to keep so far."""
+        at_chance = self.best <= self.chance and balanced_acc <= self.chance
+        if balanced_acc > self.best or (at_chance and balanced_acc >= self.best - 1e-6):
+            self.best, self.best_epoch = balanced_acc, epoch
+            return True
+        return False
+
+    def stop(self, epoch: int) -> bool:
+        return (self.patience is not None and self.best > self.chance
+                and epoch - self.best_epoch >= self.patience)
 
 
 def train_classifier(
@@ -93,7 +143,8 @@ def train_classifier(
     ``patience`` epochs without a gain.
 
     The untrained model is not a candidate: its random head can score well on a
-    handful of minority examples by chance and would then never be trained.
+    handful of minority examples by chance and would then never be trained; nor is a
+    model at chance a place to stop (``EpochSelector``).
     ``forward`` gives a batch's label logits and a loss to add, from one pass (S5: the LLM's
     label logits and its KL to its base model); by default the classifier's label logits alone;
     ``optimizer_kind`` is adamw or adafactor (``make_optimizer``).
@@ -102,8 +153,8 @@ def train_classifier(
     torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
     optimizer = make_optimizer(classifier.trainable_parameters(), lr, optimizer_kind)
     snapshot = lambda: {k: v.detach().clone() for k, v in classifier.trainable_state().items()}  # noqa: E731
-    best_acc, best_state = float("-inf"), None
-    best_epoch, losses = 0, []
+    selector = EpochSelector(validation, patience)
+    best_state, losses = None, []
     for epoch in range(1, epochs + 1):
         classifier.train()
         order = rng.sample(items, len(items))
@@ -120,15 +171,13 @@ def train_classifier(
             optimizer.zero_grad()
             losses.append(loss.item())
         if validation:
-            acc = balanced_accuracy(classifier, validation)
-            if acc > best_acc:
-                best_acc, best_epoch = acc, epoch
+            if selector.keep(epoch, balanced_accuracy(classifier, validation)):
                 best_state = snapshot()
-            elif patience is not None and epoch - best_epoch >= patience:
+            elif selector.stop(epoch):
                 break
-    metrics = {"epochs_run": epoch, "best_epoch": best_epoch,
+    metrics = {"epochs_run": epoch, "best_epoch": selector.best_epoch,
                "train_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
     if best_state is not None:
         classifier.load_trainable_state(best_state)
-        metrics["val_balanced_accuracy"] = best_acc
+        metrics["val_balanced_accuracy"] = selector.best
     return metrics
