@@ -1,15 +1,18 @@
 """Benchmark: the privacy-utility trade-off of DP clients, and a membership-inference audit of each run.
 
-For each setting (non-private, then each target ε) and seed: one CrossLM run of the
-config with ``privacy.target_epsilon`` set (noise planned to spend at most it over
-round 0 and all rounds) and ``audit.canaries`` planted in client-0, then
+For each client setting (homogeneous: four MiniLM-L6; heterogeneous: two MiniLM-L6 and
+two SmolLM2-135M), seed and privacy level (non-private, then each target ε): one CrossLM
+run of the config with ``privacy.target_epsilon`` set (noise planned to spend at most it
+over round 0 and all rounds) and ``audit.canaries`` planted in client-0, then
 ``crosslm audit`` on it (the server's loss attack through the ordinary score path).
-Writes ``privacy.json`` (one row per setting), ``privacy.md`` (the table) and
-``plots/privacy-utility.png`` into ``--results``. Run from the repo root:
+General ability (WikiText-2, ARC-Easy) is not measured: DP changes only the clients.
+Writes ``privacy.json`` (one row per setting and ε), ``privacy.md`` (the table) and
+``plots/privacy-utility.png`` into ``--results``, again after every finished run, and
+keeps each run's figures in ``--results``/privacy-cells/ so a checkout can continue. From
+the repo root:
 
-    .venv/bin/python benchmarks/privacy.py [--epsilons none 8 4 1] [--seeds 0 1 2] [--set key=value ...]
-
-A finished run (its summary.json and audit result exist) is not run again.
+    .venv/bin/python benchmarks/privacy.py [--settings homogeneous heterogeneous]
+        [--epsilons none 8 3 1] [--seeds 0 1 2] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -36,28 +39,40 @@ RESULTS = Path(__file__).parent / "results"
 NON_PRIVATE = "none"
 
 
-def _setting_name(epsilon: str) -> str:
+SETTINGS = {"homogeneous": "clients.slm=[minilm-l6]",
+            "heterogeneous": "clients.slm=[minilm-l6,minilm-l6,smollm2-135m,smollm2-135m]"}
+CELL_KEYS = ("slm_acc", "llm_acc", "epsilon_spent_max", "round_seconds_median", "mia_auc",
+             "mia_tpr_at_1pct_fpr")
+
+
+def _privacy_name(epsilon: str) -> str:
     return "non-private" if epsilon == NON_PRIVATE else f"dp-eps{epsilon}"
 
 
-def run_cell(config: Path | None, overrides: list[str], epsilon: str, delta: float, seed: int,
-             canaries: int, root: Path) -> dict:
-    """One run and its audit; (summary, audit result). Reuses a finished run's files."""
-    out = root / _setting_name(epsilon) / f"seed-{seed}"
-    summary_file, audit_file = out / "summary.json", out / AUDIT_RESULT
-    if not (summary_file.is_file() and audit_file.is_file()):
-        private = ([] if epsilon == NON_PRIVATE
-                   else [f"privacy.target_epsilon={epsilon}", f"privacy.delta={delta}"])
-        cfg = load_config(config, [*overrides, *private, f"seed={seed}", f"audit.canaries={canaries}",
-                                   f"output_dir={out}"])
-        run_experiment(cfg, "overwrite", progress=lambda message: print(f"[{out}] {message}", flush=True))
-        audit_run(out)
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    return summary | json.loads(audit_file.read_text(encoding="utf-8"))
+def run_cell(config: Path | None, overrides: list[str], cell: tuple[str, str, int], delta: float,
+             canaries: int, root: Path, records: Path) -> dict:
+    """One run and its audit: the figures a row needs, kept in ``records`` (a record is a done run)."""
+    setting, epsilon, seed = cell
+    record = records / setting / _privacy_name(epsilon) / f"seed-{seed}.json"
+    if record.is_file():
+        return json.loads(record.read_text(encoding="utf-8"))
+    out = root / setting / _privacy_name(epsilon) / f"seed-{seed}"
+    private = ([] if epsilon == NON_PRIVATE
+               else [f"privacy.target_epsilon={epsilon}", f"privacy.delta={delta}"])
+    cfg = load_config(config, [SETTINGS[setting], "evaluation.general_ability=false", *overrides, *private,
+                               f"seed={seed}", f"audit.canaries={canaries}", f"output_dir={out}"])
+    run_experiment(cfg, "overwrite", progress=lambda message: print(f"[{out}] {message}", flush=True))
+    audit_run(out)
+    figures = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    figures |= json.loads((out / AUDIT_RESULT).read_text(encoding="utf-8"))
+    kept = {key: figures.get(key) for key in CELL_KEYS}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(kept, indent=2), encoding="utf-8")
+    return kept
 
 
-def row(epsilon: str, delta: float, cells: dict[int, dict]) -> dict:
-    """One setting over its seeds: means (std for the SLM), the largest ε any client spent."""
+def row(setting: str, epsilon: str, delta: float, cells: dict[int, dict]) -> dict:
+    """One setting and ε over its seeds: means (std for the SLM), the largest ε any client spent."""
     values = list(cells.values())
     slm = [c["slm_acc"] for c in values if c.get("slm_acc") is not None]
     llm = [c["llm_acc"] for c in values if c.get("llm_acc") is not None]
@@ -65,7 +80,7 @@ def row(epsilon: str, delta: float, cells: dict[int, dict]) -> dict:
     seconds = [c["round_seconds_median"] for c in values if c.get("round_seconds_median") is not None]
     mean = lambda xs: statistics.mean(xs) if xs else None  # noqa: E731
     return {
-        "setting": _setting_name(epsilon),
+        "setting": setting, "privacy": _privacy_name(epsilon),
         "epsilon": None if epsilon == NON_PRIVATE else float(epsilon),
         "delta": None if epsilon == NON_PRIVATE else delta,
         "seeds": sorted(cells),
@@ -88,12 +103,12 @@ def markdown(rows: list[dict], command: str, host: dict) -> str:
              f"- machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}",
              "- ε: the target per client over round 0 and every round; ε spent: the largest any client "
              "spent (RDP accountant); MIA: the server's loss attack on client-0's canaries (mean over seeds)",
-             "", "| setting | target ε | δ | ε spent | SLM acc. (mean ± std) | LLM acc. | MIA AUC | "
-             "TPR @ 1 % FPR | s / round |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "| clients | privacy | target ε | δ | ε spent | seeds | SLM acc. (mean ± std) | LLM acc. | "
+             "MIA AUC | TPR @ 1 % FPR | s / round |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(" | ".join([
-            f"| {r['setting']}", _cell(r["epsilon"], "{:g}"), _cell(r["delta"], "{:g}"),
-            _cell(r["epsilon_spent_max"], "{:.2f}"),
+            f"| {r['setting']}", r["privacy"], _cell(r["epsilon"], "{:g}"), _cell(r["delta"], "{:g}"),
+            _cell(r["epsilon_spent_max"], "{:.2f}"), ",".join(map(str, r["seeds"])),
             f"{_cell(r['slm_acc_mean'], '{:.1%}')} ± {_cell(r['slm_acc_std'], '{:.1%}')}",
             _cell(r["llm_acc_mean"], "{:.1%}"), _cell(r["mia_auc"], "{:.3f}"),
             _cell(r["mia_tpr_at_1pct_fpr"], "{:.1%}"), _cell(r["round_seconds_median"], "{:.1f}")]) + " |")
@@ -101,24 +116,29 @@ def markdown(rows: list[dict], command: str, host: dict) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> Path:
-    """SLM accuracy against ε spent (log scale), the non-private run as a line; MIA AUC beside it."""
-    private = sorted((r for r in rows if r["epsilon"] is not None), key=lambda r: r["epsilon_spent_max"] or 0)
-    baseline = next((r for r in rows if r["epsilon"] is None), None)
+    """Per client setting: SLM accuracy against ε spent (log scale), the non-private run as a
+    dashed line; the attack's AUC beside it."""
     fig, (acc_ax, mia_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    xs = [r["epsilon_spent_max"] for r in private]
-    acc_ax.errorbar(xs, [r["slm_acc_mean"] for r in private], yerr=[r["slm_acc_std"] for r in private],
-                    marker="o", capsize=3, label="DP clients")
-    mia_ax.plot(xs, [r["mia_auc"] for r in private], marker="o", label="DP clients")
-    if baseline is not None:
-        acc_ax.axhline(baseline["slm_acc_mean"], color="grey", linestyle="--", label="non-private")
-        mia_ax.axhline(baseline["mia_auc"], color="grey", linestyle="--", label="non-private")
+    for index, setting in enumerate(dict.fromkeys(r["setting"] for r in rows)):
+        color = f"C{index}"
+        mine = [r for r in rows if r["setting"] == setting]
+        private = sorted((r for r in mine if r["epsilon"] is not None),
+                         key=lambda r: r["epsilon_spent_max"] or 0)
+        xs = [r["epsilon_spent_max"] for r in private]
+        acc_ax.errorbar(xs, [r["slm_acc_mean"] for r in private], yerr=[r["slm_acc_std"] for r in private],
+                        marker="o", capsize=3, color=color, label=f"{setting}, DP")
+        mia_ax.plot(xs, [r["mia_auc"] for r in private], marker="o", color=color, label=f"{setting}, DP")
+        for r in (r for r in mine if r["epsilon"] is None):
+            for ax, key in ((acc_ax, "slm_acc_mean"), (mia_ax, "mia_auc")):
+                ax.axhline(r[key], color=color, linestyle="--", label=f"{setting}, non-private")
     mia_ax.axhline(0.5, color="black", linewidth=0.5)
+    any_private = any(r["epsilon_spent_max"] for r in rows)
     for ax, ylabel in ((acc_ax, "SLM test accuracy (mean of clients)"), (mia_ax, "loss attack ROC AUC")):
-        if xs:
+        if any_private:
             ax.set_xscale("log")
         ax.set_xlabel("ε spent (largest client)")
         ax.set_ylabel(ylabel)
-        ax.legend()
+        ax.legend(fontsize="small")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -126,10 +146,20 @@ def plot(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def write_results(rows: list[dict], command: str, results: Path) -> None:
+    host = machine()
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "privacy.json").write_text(
+        json.dumps({"command": command, "machine": host, "rows": rows}, indent=2), encoding="utf-8")
+    (results / "privacy.md").write_text(markdown(rows, command, host), encoding="utf-8")
+    plot(rows, results / "plots" / "privacy-utility.png")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/sst2-default.yaml"))
-    parser.add_argument("--epsilons", nargs="+", default=[NON_PRIVATE, "8", "4", "1"],
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--epsilons", nargs="+", default=[NON_PRIVATE, "8", "3", "1"],
                         help=f"target ε per setting; {NON_PRIVATE}: the non-private run")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -138,18 +168,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     args = parser.parse_args(argv)
-    rows = []
-    for epsilon in args.epsilons:
-        cells = {seed: run_cell(args.config, args.overrides, epsilon, args.delta, seed, args.canaries,
-                                args.root) for seed in args.seeds}
-        rows.append(row(epsilon, args.delta, cells))
     command = shlex.join(["benchmarks/privacy.py", *(sys.argv[1:] if argv is None else argv)])
-    host = machine()
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "privacy.json").write_text(
-        json.dumps({"command": command, "machine": host, "rows": rows}, indent=2), encoding="utf-8")
-    (args.results / "privacy.md").write_text(markdown(rows, command, host), encoding="utf-8")
-    plot(rows, args.results / "plots" / "privacy-utility.png")
+    done: dict[tuple[str, str], dict[int, dict]] = {}
+    # a seed of every ε before the next seed: an early stop still shows the whole curve
+    for setting in args.settings:
+        for seed in args.seeds:
+            for epsilon in args.epsilons:
+                figures = run_cell(args.config, args.overrides, (setting, epsilon, seed), args.delta,
+                                   args.canaries, args.root, args.results / "privacy-cells")
+                done.setdefault((setting, epsilon), {})[seed] = figures
+                rows = [row(s, e, args.delta, cells) for (s, e), cells in done.items()]
+                write_results(rows, command, args.results)
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -275,15 +276,21 @@ def test_privacy_benchmark_end_to_end_on_tiny_models(shared_data, monkeypatch, t
     del raw["privacy"]
     config.write_text(yaml.safe_dump(raw))
     results = tmp_path / "results"
-    rows = bench.main(["--config", str(config), "--epsilons", "none", "8", "--seeds", "0", "--canaries", "4",
-                       "--root", str(tmp_path / "runs"), "--results", str(results)])
-    assert [r["setting"] for r in rows] == ["non-private", "dp-eps8"]
+    args = ["--config", str(config), "--settings", "homogeneous", "--epsilons", "none", "8", "--seeds", "0",
+            "--canaries", "4", "--root", str(tmp_path / "runs"), "--results", str(results),
+            "--set", f"clients.slm=[{tiny_encoder_dir}]"]
+    rows = bench.main(args)
+    assert [(r["setting"], r["privacy"]) for r in rows] == [("homogeneous", "non-private"),
+                                                            ("homogeneous", "dp-eps8")]
     stored = json.loads((results / "privacy.json").read_text())["rows"]
     assert stored == rows
-    expected = {"setting", "epsilon", "delta", "seeds", "slm_acc_mean", "slm_acc_std", "llm_acc_mean",
-                "epsilon_spent_max", "mia_auc", "mia_tpr_at_1pct_fpr", "round_seconds_median"}
+    expected = {"setting", "privacy", "epsilon", "delta", "seeds", "slm_acc_mean", "slm_acc_std",
+                "llm_acc_mean", "epsilon_spent_max", "mia_auc", "mia_tpr_at_1pct_fpr", "round_seconds_median"}
     assert all(set(r) == expected for r in rows)
     assert rows[0]["epsilon"] is None and rows[0]["epsilon_spent_max"] is None
     assert rows[1]["epsilon"] == 8.0 and 0 < rows[1]["epsilon_spent_max"] <= 8.0
-    assert "| dp-eps8 | 8 |" in (results / "privacy.md").read_text()
+    assert "| homogeneous | dp-eps8 | 8 |" in (results / "privacy.md").read_text()
     assert (results / "plots" / "privacy-utility.png").stat().st_size > 0
+    # each run's figures are kept: a second call (a fresh checkout with the records) runs nothing
+    shutil.rmtree(tmp_path / "runs")
+    assert bench.main(args) == rows
