@@ -15,11 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from crosslm.bench import cell_status, estimates
-from crosslm.bench_estimate import model_seconds
-from crosslm.bench_results import FIGURES, machine_name, target_rows
-from crosslm.bench_share import shared_round_zero
-from crosslm.bench_spec import expand, load_spec
+from crosslm.bench.estimate import model_seconds
+from crosslm.bench.results import FIGURES, machine_name, target_rows
+from crosslm.bench.runner import cell_status, estimates
+from crosslm.bench.share import shared_round_zero
+from crosslm.bench.spec import expand, load_spec
 from crosslm.cli import app
 from crosslm.errors import CrossLMError
 

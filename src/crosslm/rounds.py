@@ -19,7 +19,7 @@ from crosslm.evaluate import GeneralData, general_ability, load_general_data, ta
 from crosslm.evaluation_cache import EvaluationCache, digest
 from crosslm.models.loading import model_cache_dir
 from crosslm.protocol import FitIns, FitRes, ScoreIns
-from crosslm.report import summarise
+from crosslm.reporting.summary import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
 from crosslm.server import Server

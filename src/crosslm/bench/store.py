@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from crosslm.bench_spec import Cell
+from crosslm.bench.spec import Cell
 from crosslm.rundir import load_samples, write_atomic
 
 BENCH_FILE = "bench.json"  # the runner's wall seconds over all attempts of a cell, and its machine

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from crosslm.report import llm_task_accuracy
+from crosslm.reporting.summary import llm_task_accuracy
 from crosslm.rundir import load_metrics, load_samples
 
 Runs = Mapping[str, Sequence[Path]]

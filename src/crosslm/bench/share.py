@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from crosslm.bench_spec import Cell
+from crosslm.bench.spec import Cell
 from crosslm.config import (
     ENHANCEMENT_SETTINGS,
     LLM_TRAINING_SETTINGS,

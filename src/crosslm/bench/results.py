@@ -1,7 +1,7 @@
 """The aggregated results of a bench: matrix.json, matrix.md (tables, targets, machine) and plots.
 
 Only finished cells whose config matches the spec count. A row is one (task, setting, method)
-over its seeds; every figure is read from the cells' records (bench_store): their metrics (generic
+over its seeds; every figure is read from the cells' records (bench.store): their metrics (generic
 keys, null where a method has no such figure) and the runner's wall time.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from crosslm.bench_spec import Cell
-from crosslm.bench_store import measured_on, measured_seconds, record_path
-from crosslm.report import summarise
+from crosslm.bench.spec import Cell
+from crosslm.bench.store import measured_on, measured_seconds, record_path
+from crosslm.reporting.summary import summarise
 from crosslm.rundir import load_metrics, write_atomic
 
 FIGURES = ("slm_acc", "llm_acc", "wikitext2_ppl", "arc_easy_acc", "bytes_per_client_per_round")
@@ -148,7 +148,7 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
              _machines_line(rows),
              f"- total wall time of the cells: {duration(wall_seconds)} ({wall_seconds:,.0f} s)",
              "- s/cell: mean wall time per cell; the first CrossLM or synthetic-no-feedback cell of a "
-             "task, setting and seed also ran the round 0 that the others copy (bench_share.py)"]
+             "task, setting and seed also ran the round 0 that the others copy (bench/share.py)"]
     header = ["setting", "method", "seeds", "SLM acc", "LLM acc", "WikiText-2 ppl", "ARC-Easy",
               "bytes/client/round", "s/cell"]
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -179,7 +179,7 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
 def draw(cells: list[Cell], results: Path) -> dict[tuple[str, str], list[Path]]:
     """Per (task, setting), under ``results/plots``: accuracy per round, synthetic data quality and
     communication."""
-    from crosslm import plots
+    from crosslm.reporting import plots
 
     groups: dict[tuple[str, str], dict[str, list[Path]]] = {}
     for cell in cells:

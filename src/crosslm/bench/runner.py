@@ -1,6 +1,6 @@
 """``crosslm bench``: run a matrix of cells, each an ordinary run directory, and aggregate them.
 
-A cell is done when its directory, or else its record beside the results (bench_store), has
+A cell is done when its directory, or else its record beside the results (bench.store), has
 ``summary.json`` and a ``config.yaml`` equal to the one the spec resolves to; done cells are never
 run again. A cell with the same config but no summary is
 resumed after its last completed round (also when the spec only raised ``rounds``). A cell whose
@@ -34,11 +34,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from crosslm.bench_estimate import estimate
-from crosslm.bench_results import duration, machine_name, write_results
-from crosslm.bench_share import shared_round_zero, start_from_shared_round_zero
-from crosslm.bench_spec import BenchSpec, Cell, expand, load_spec
-from crosslm.bench_store import BENCH_FILE, keep_record, measured_seconds, record_path
+from crosslm.bench.estimate import estimate
+from crosslm.bench.results import duration, machine_name, write_results
+from crosslm.bench.share import shared_round_zero, start_from_shared_round_zero
+from crosslm.bench.spec import BenchSpec, Cell, expand, load_spec
+from crosslm.bench.store import BENCH_FILE, keep_record, measured_seconds, record_path
 from crosslm.config import config_from_layers, settings_read
 from crosslm.errors import CrossLMError
 from crosslm.rundir import Mode, write_atomic
@@ -182,7 +182,7 @@ def dry_run(spec_path: Path, rerun_changed: bool, only: list[str], results: Path
 
 def run_cell(cell: Cell, mode: Mode, output_dir: Path, progress: Callable[[str], None]) -> str | None:
     """Run (or resume, or restart) one cell; the error text if it failed. A new cell starts from
-    the shared round 0 when it has one (bench_share)."""
+    the shared round 0 when it has one (bench.share)."""
     from crosslm.experiment import run_experiment
 
     previous = measured_seconds(cell.path) if mode == "resume" else None

@@ -18,7 +18,7 @@ import yaml
 from rich.table import Table
 
 from crosslm.errors import CrossLMError
-from crosslm.plots import (
+from crosslm.reporting.plots import (
     accuracy_per_round,
     bytes_per_client,
     client_accuracy,
@@ -27,7 +27,7 @@ from crosslm.plots import (
     slm_accuracy,
     synthetic_quality,
 )
-from crosslm.report import client_epsilon, summarise, summary_table
+from crosslm.reporting.summary import client_epsilon, summarise, summary_table
 from crosslm.rundir import load_metrics, load_samples, write_atomic
 from crosslm.tasks.spec import load_task
 
