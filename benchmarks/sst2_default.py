@@ -21,7 +21,7 @@ from sampler_speed import s1
 
 from crosslm.bench.results import machine
 from crosslm.config import load_config
-from crosslm.experiment import build_server
+from crosslm.federation_setup import build_server
 from crosslm.reporting.summary import COMPUTE_PHASES
 from crosslm.tasks.spec import load_task
 
