@@ -38,7 +38,15 @@ from crosslm.bench.estimate import estimate
 from crosslm.bench.results import duration, machine_name, write_results
 from crosslm.bench.share import shared_round_zero, start_from_shared_round_zero
 from crosslm.bench.spec import BenchSpec, Cell, expand, load_spec
-from crosslm.bench.store import BENCH_FILE, keep_record, measured_seconds, record_path
+from crosslm.bench.store import (
+    BENCH_FILE,
+    config_text,
+    has_config,
+    is_finished,
+    keep_record,
+    measured_seconds,
+    record_path,
+)
 from crosslm.config import config_from_layers, settings_read
 from crosslm.errors import CrossLMError
 from crosslm.rundir import Mode, write_atomic
@@ -65,7 +73,7 @@ def _diff(old: object, new: object, prefix: str = "") -> list[str]:
 
 def _stored_config(path: Path) -> dict | None:
     """The cell's stored config with today's defaults filled in; None if it no longer validates."""
-    stored = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    stored = yaml.safe_load(config_text(path)) or {}
     try:
         return config_from_layers(stored).model_dump()
     except ValidationError:
@@ -79,12 +87,13 @@ def cell_status(cell: Cell, results: Path) -> Status:
         return Status("skip", cell.skip)
     note = f"last attempt failed: see {cell.path / ERROR_FILE}" if (cell.path / ERROR_FILE).is_file() else ""
     folder = cell.path if (cell.path / "config.yaml").is_file() else record_path(cell, results)
-    if not (folder / "config.yaml").is_file():
+    if not has_config(folder):
         return Status("todo", note)
     seconds = measured_seconds(folder)
     stored, new = _stored_config(folder), cell.config.model_dump()
     if stored is None:
-        return Status("changed", f"{folder / 'config.yaml'} is not valid for this version of crosslm",
+        where = folder if folder != cell.path else folder / "config.yaml"
+        return Status("changed", f"{where} is not valid for this version of crosslm",
                       seconds, folder)
     method = cell.config.method
     changed = _diff(settings_read(stored, method), settings_read(new, method))
@@ -94,7 +103,7 @@ def cell_status(cell: Cell, results: Path) -> Status:
         detail = ", ".join(f"{k}: {_get(stored, k)!r} -> {_get(new, k)!r}" for k in changed)
         where = "" if folder == cell.path else " (only its record is here: it cannot resume)"
         return Status("changed", f"stored config differs{where}: {detail}", seconds, folder)
-    if (folder / "summary.json").is_file():
+    if is_finished(folder):
         return Status("done", "", seconds, folder)
     return Status("resume", note, seconds, folder)
 
@@ -291,7 +300,7 @@ def aggregate_only(spec_path: Path, results: Path | None, command: str, console:
         if status.state == "done" and status.folder == cell.path:
             keep_record(cell, out)
     skipped = [c for c in cells if c.skip]
-    plots = write_results(spec.name, done, skipped, out, command)
+    plots = write_results(spec.name, done, skipped=skipped, out=out, command=command)
     console.print(f"aggregated {len(done)} finished cells of {len(cells)}: {out / 'matrix.json'}, "
                   f"{out / 'matrix.md'} and {len(plots)} plots in {out / 'plots'}",
                   highlight=False, soft_wrap=True)

@@ -1,31 +1,35 @@
 """The record of each finished cell, kept beside the aggregated results so it can be committed.
 
 A cell's run directory (adapters, checkpoints, texts) stays on the machine that ran it. What the
-results are made of is copied, when the results are aggregated, to
-``RESULTS/cells/TASK/SETTING/METHOD/seed-N/``: ``config.yaml``, ``metrics.jsonl``,
-``summary.json``, ``bench.json`` and each round's scored samples without their texts. A record
-with the spec's config counts as a done cell on any machine, so a large matrix can be completed
-over several machines or fresh checkouts; the tables and plots are made from records only.
+results are made of is packed, when the results are aggregated, into one gzipped JSON file,
+``RESULTS/cells/TASK/SETTING/METHOD/seed-N.json.gz``: the text of ``config.yaml``, the rows of
+``metrics.jsonl``, ``summary.json``, ``bench.json`` and each round's scored samples without their
+texts (``crosslm.rundir.pack``). A record with the spec's config counts as a done cell on any
+machine, so a large matrix can be completed over several machines or fresh checkouts; the tables
+and plots are made from records only.
+
+The functions below read a cell's state from either place: its run directory or its record.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from crosslm.bench.spec import Cell
-from crosslm.rundir import load_samples, write_atomic
+from crosslm.rundir import PACKED_SUFFIX, is_packed, load_metrics, load_samples, pack, read_packed
 
 BENCH_FILE = "bench.json"  # the runner's wall seconds over all attempts of a cell, and its machine
-RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json", BENCH_FILE)
 # what the plots read of a scored sample; the text stays in the run directory
 SAMPLE_FIELDS = ("label", "soft_label", "quality", "accepted")
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _bench(folder: Path) -> dict:
-    bench_file = folder / BENCH_FILE
-    return json.loads(bench_file.read_text(encoding="utf-8")) if bench_file.is_file() else {}
+    return (read_packed(folder).get("bench", {}) if is_packed(folder) else _read_json(folder / BENCH_FILE))
 
 
 def measured_seconds(folder: Path) -> float | None:
@@ -37,22 +41,44 @@ def measured_on(folder: Path) -> str | None:
     return _bench(folder).get("machine")
 
 
+def has_config(folder: Path) -> bool:
+    """Whether ``folder`` (a run directory or a record) holds a cell's config."""
+    return folder.is_file() if is_packed(folder) else (folder / "config.yaml").is_file()
+
+
+def config_text(folder: Path) -> str:
+    """The cell's config.yaml, from its run directory or its record."""
+    if is_packed(folder):
+        return read_packed(folder)["config"]
+    return (folder / "config.yaml").read_text(encoding="utf-8")
+
+
+def is_finished(folder: Path) -> bool:
+    """Whether the cell has its summary: every round ran."""
+    return "summary" in read_packed(folder) if is_packed(folder) else (folder / "summary.json").is_file()
+
+
 def record_path(cell: Cell, results: Path) -> Path:
-    return results / "cells" / cell.task / cell.setting / cell.method / f"seed-{cell.seed}"
+    return results / "cells" / cell.task / cell.setting / cell.method / f"seed-{cell.seed}{PACKED_SUFFIX}"
+
+
+def pack_record(run: Path) -> bytes:
+    """What the results need of a finished run directory (or of a record folder in the former
+    layout, which held the same files), packed into one file."""
+    samples = {str(round_): [{k: s[k] for k in SAMPLE_FIELDS} for s in rows]
+               for round_, rows in load_samples(run).items()}
+    return pack({"config": (run / "config.yaml").read_text(encoding="utf-8"),
+                 "metrics": load_metrics(run),
+                 "summary": json.loads((run / "summary.json").read_text(encoding="utf-8")),
+                 "bench": _read_json(run / BENCH_FILE),
+                 "samples": samples})
 
 
 def keep_record(cell: Cell, results: Path) -> Path:
-    """Copy a finished cell's record from its run directory, replacing an older one whole."""
+    """Pack a finished cell's record from its run directory, replacing an older one whole."""
     target = record_path(cell, results)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in RECORD_FILES:
-        shutil.copyfile(cell.path / name, staging / name)
-    for round_, samples in load_samples(cell.path).items():
-        lines = "".join(json.dumps({k: s[k] for k in SAMPLE_FIELDS}) + "\n" for s in samples)
-        (staging / "rounds" / f"{round_:03d}").mkdir(parents=True)
-        write_atomic(staging / "rounds" / f"{round_:03d}" / "samples.jsonl", lines)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.partial")
+    staging.write_bytes(pack_record(cell.path))
+    staging.replace(target)
     return target
