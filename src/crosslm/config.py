@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crosslm.errors import CrossLMError, read_yaml
+from crosslm.methods import ENHANCEMENT, LLM_TRAINING, METHOD_NAMES, METHODS, method_spec
 
 
 class _Section(BaseModel):
@@ -186,8 +187,7 @@ class AuditConfig(_Section):
                                                        "and keep as many matched non-members; 0: no audit")
 
 
-Method = Literal["crosslm", "local-only", "fedavg", "centralized", "llm-zero-shot", "llm-few-shot",
-                 "synthetic-no-feedback"]
+Method = Literal[METHOD_NAMES]  # the names of crosslm.methods.METHODS, in their order
 
 
 class ExperimentConfig(_Section):
@@ -222,15 +222,13 @@ LLM_TRAINING_SETTINGS = ("server.classifier_training", "server.classifier_loss",
                          "server.gradient_checkpointing")
 
 
+SETTING_GROUPS = {ENHANCEMENT: ENHANCEMENT_SETTINGS, LLM_TRAINING: LLM_TRAINING_SETTINGS}
+
+
 def settings_not_read(method: Method) -> tuple[str, ...]:
     """Dotted settings ``method`` never reads, so changing them cannot change its results."""
-    if method == "crosslm":
-        return ()
-    if method == "synthetic-no-feedback":  # no S2, S3 or S4
-        return ("feedback", "selection", "aggregation")
-    if method in ("llm-zero-shot", "llm-few-shot"):
-        return ("clients", "privacy", "audit", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
-    return ("server", "generation.prompt_format", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg
+    return tuple(setting for entry in method_spec(method).not_read
+                 for setting in SETTING_GROUPS.get(entry, (entry,)))
 
 
 def without_settings(tree: dict, dotted: tuple[str, ...]) -> dict:
@@ -290,24 +288,24 @@ def config_from_layers(raw: dict) -> ExperimentConfig:
 
 def check_method(config: ExperimentConfig) -> None:
     """Refuse a method that cannot run on this config, before anything is written."""
-    if config.method == "fedavg" and len(set(config.clients.slm)) > 1:
-        raise CrossLMError(f"method fedavg averages weights, so every client needs the same SLM; "
+    method = method_spec(config.method)
+    if method.one_slm and len(set(config.clients.slm)) > 1:
+        raise CrossLMError(f"method {method.name} averages weights, so every client needs the same SLM; "
                            f"clients.slm is {config.clients.slm}")
-    if config.method != "crosslm" and config.engine != "in-process":
-        raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
+    if config.engine not in method.engines:
+        raise CrossLMError(f"method {method.name} runs {' or '.join(method.engines)} only; "
+                           f"engine is {config.engine}")
     if config.privacy is not None:
         check_private(config)
 
 
-NOT_DP_METHODS = ("fedavg", "centralized")  # the LLM-only baselines have no clients: privacy is moot
-
-
 def check_private(config: ExperimentConfig) -> None:
     """Refuse what would send private-data statistics outside the DP guarantee (docs/privacy.md)."""
-    if config.method in NOT_DP_METHODS:
+    if not method_spec(config.method).private:  # the LLM-only baselines have no clients: privacy is moot
+        private = [m.name for m in METHODS if m.private and m.clients]
         raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
-                           "every round, centralized pools the silos); crosslm, synthetic-no-feedback and "
-                           "local-only are")
+                           f"every round, centralized pools the silos); {', '.join(private[:-1])} and "
+                           f"{private[-1]} are")
     if config.aggregation.weights != "uniform":
         raise CrossLMError(f"privacy: aggregation.weights {config.aggregation.weights} would send each "
                            "silo's private example count or validation accuracy; use uniform under DP")

@@ -13,13 +13,12 @@ from pathlib import Path
 from crosslm.baselines import FedAvgLoop
 from crosslm.config import ExperimentConfig, check_method
 from crosslm.federation_setup import (
-    CLIENT_METHODS,
-    SERVER_METHODS,
     ExperimentData,
     build_federation,
     build_server,
     load_experiment_data,
 )
+from crosslm.methods import method_spec
 from crosslm.models.classifier import build_classifier
 from crosslm.privacy.audit import CANARY_FILE
 from crosslm.rounds import Progress, RoundLoop
@@ -29,10 +28,10 @@ from crosslm.third_party import THIRD_PARTY_LOG, ThirdPartyOutput
 
 def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, progress: Progress) -> RoundLoop:
     """The round loop of ``config.method``, with the sides that method has."""
-    server = build_server(config, data.task) if config.method in SERVER_METHODS else None
-    federation = (build_federation(config, data, run.path, progress)
-                  if config.method in CLIENT_METHODS else None)
-    if config.method == "fedavg":  # one global SLM, initialised once, as every client's start
+    method = method_spec(config.method)
+    server = build_server(config, data.task) if method.server else None
+    federation = build_federation(config, data, run.path, progress) if method.clients else None
+    if method.rounds == "average":  # FedAvg: one global SLM, initialised once, as every client's start
         c = config.clients
         model = build_classifier(c.slm[0], data.task, c.lora_rank, config.seed, device=c.device,
                                  lora_target_modules=c.lora_target_modules)

@@ -13,6 +13,7 @@ from pathlib import Path
 from crosslm.baselines import few_shot_task, union_of_silos
 from crosslm.client import Client
 from crosslm.config import ExperimentConfig
+from crosslm.methods import method_spec
 from crosslm.models.llm import ServerLLM
 from crosslm.models.loading import model_kind, plan_model, resolve_model
 from crosslm.privacy import accounting
@@ -23,9 +24,6 @@ from crosslm.server import Server
 from crosslm.tasks.data import load_split, resolve_data_dir
 from crosslm.tasks.partition import ClientData, partition
 from crosslm.tasks.spec import Example, TaskSpec, load_task
-
-SERVER_METHODS = {"crosslm", "synthetic-no-feedback", "llm-zero-shot", "llm-few-shot"}
-CLIENT_METHODS = {"crosslm", "synthetic-no-feedback", "local-only", "centralized", "fedavg"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def silo_assignment(config: ExperimentConfig, k: int) -> SiloAssignment:
     """The one rule for client ``k``: SLMs are dealt round-robin over the silos (for centralized, one
     client per distinct SLM, on the union of the silos) and each client's seed is ``seed + k``."""
     slms = config.clients.slm
-    if config.method == "centralized":
+    if method_spec(config.method).pooled:
         return SiloAssignment(f"centralized-{k}", list(dict.fromkeys(slms))[k], config.seed + k)
     return SiloAssignment(f"client-{k}", slms[k % len(slms)], config.seed + k)
 
@@ -68,7 +66,7 @@ def load_experiment_data(config: ExperimentConfig, resolve_models: bool = True) 
                       alpha=c.dirichlet_alpha, seed=config.seed)
     canaries = None
     if config.audit.canaries:
-        canaries = make_canaries(pool, silos, task.num_labels, config.audit.canaries, config.seed)
+        canaries = make_canaries(pool, silos, task.num_labels, count=config.audit.canaries, seed=config.seed)
         silos = [plant(silos[0], canaries), *silos[1:]]
     for name in [config.server.llm, *c.slm] if resolve_models else []:
         resolve_model(name)
@@ -88,10 +86,11 @@ def check_models_fit(config: ExperimentConfig) -> None:
     Each model is checked on its own against this machine's free memory; models that
     share a device are not added up.
     """
-    if config.method in SERVER_METHODS:
+    method = method_spec(config.method)
+    if method.server:
         s = config.server
         plan_model(s.llm, causal=True, device=s.device, dtype=s.dtype, shardable=True, section="server")
-    if config.method in CLIENT_METHODS:
+    if method.clients:
         for slm in dict.fromkeys(config.clients.slm):
             causal = model_kind(slm) == "causal"
             plan_model(slm, causal=causal, device=config.clients.device, dtype="auto" if causal else None,
@@ -100,7 +99,7 @@ def check_models_fit(config: ExperimentConfig) -> None:
 
 def client_silos(config: ExperimentConfig, data: ExperimentData) -> dict[str, tuple[str, ClientData]]:
     """(SLM, data) by client name: one per silo, or for centralized one per SLM on the union of silos."""
-    if config.method == "centralized":
+    if method_spec(config.method).pooled:
         union = union_of_silos(data.silos)
         assigned = [silo_assignment(config, k) for k in range(len(dict.fromkeys(config.clients.slm)))]
         return {a.name: (a.model, union) for a in assigned}
@@ -128,10 +127,10 @@ def build_federation(config: ExperimentConfig, data: ExperimentData, run_dir: Pa
 
 
 def build_server(config: ExperimentConfig, task: TaskSpec) -> Server:
-    if config.method == "llm-few-shot":
+    if method_spec(config.method).few_shot_prompt:
         task = few_shot_task(task, config.evaluation.few_shot_per_label, config.seed)
     s = config.server
-    llm = ServerLLM(s.llm, task, s.lora_rank, config.seed, s.dtype, device=s.device,
+    llm = ServerLLM(s.llm, task, lora_rank=s.lora_rank, seed=config.seed, dtype=s.dtype, device=s.device,
                     lora_target_modules=s.lora_target_modules,
                     gradient_checkpointing=s.gradient_checkpointing,
                     prompt_format=config.generation.prompt_format)

@@ -19,6 +19,7 @@ import statistics
 from functools import lru_cache
 
 from crosslm.config import ExperimentConfig
+from crosslm.methods import method_spec
 from crosslm.tasks.data import load_split, resolve_data_dir
 from crosslm.tasks.spec import load_task
 
@@ -29,9 +30,6 @@ SLM_EVAL_S_PER_ITEM = 101.4 / (4 * 4 * 872)  # 4 evaluations of 4 clients
 LLM_EVAL_S_PER_ITEM = 154.1 / (2 * 872)  # zero-shot (with calibration) and final
 GENERAL_EVAL_S = 143.4 / 2  # one evaluation of 2,048 WikiText-2 tokens and 200 ARC-Easy questions
 NOMINAL_TEST_SIZE = 1000  # test split size when no local data folder says otherwise
-
-LLM_ONLY = ("llm-zero-shot", "llm-few-shot")
-GENERATING = ("crosslm", "synthetic-no-feedback")
 
 
 @lru_cache
@@ -44,23 +42,24 @@ def _task_sizes(task: str, data_dir: str | None) -> tuple[int, int]:
 
 def model_seconds(config: ExperimentConfig) -> float:
     """Seconds for one cell from its sizes; which parts run depends on the method."""
-    c, ev, method = config.clients, config.evaluation, config.method
+    c, ev, method = config.clients, config.evaluation, method_spec(config.method)
     labels, test_size = _task_sizes(config.task, config.data_dir)
     slm_test, llm_test = (min(size or test_size, test_size) for size in (ev.slm_test_size, ev.llm_test_size))
-    rounds = config.rounds if method in (*GENERATING, "fedavg") else 0
+    rounds = config.rounds if method.rounds != "none" else 0
     # SLMs evaluated: none, the global model (fedavg), one per SLM name on the union, one per client
     distinct = len(set(c.slm))
-    slms = {**dict.fromkeys(LLM_ONLY, 0), "fedavg": 1, "centralized": distinct}.get(method, c.num_clients)
+    slms = (0 if not method.clients else 1 if method.rounds == "average" else
+            distinct if method.pooled else c.num_clients)
     local = LOCAL_S_PER_EXAMPLE * c.num_clients * c.examples_per_client if slms else 0.0
-    local *= distinct if method == "centralized" else 1
+    local *= distinct if method.pooled else 1
     seconds = local + (rounds + 1) * slms * slm_test * SLM_EVAL_S_PER_ITEM
-    if method in GENERATING:
+    if method.rounds == "generate":
         seconds += rounds * ROUND_S_PER_SAMPLE * config.generation.samples_per_label * labels
-    if method == "fedavg":  # a round trains one epoch: round 0's cost over its epoch budget
+    if method.rounds == "average":  # a round trains one epoch: round 0's cost over its epoch budget
         seconds += rounds * local / c.local_training.epochs
-    if method in LLM_ONLY:
+    if method.llm_only:
         task_evals = general_evals = 1
-    elif method in GENERATING:
+    elif method.server and method.rounds == "generate":
         task_evals = rounds + 1 if ev.llm_task_every_round else min(2, rounds + 1)
         general_evals = min(2, rounds + 1)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from crosslm.bench.spec import Cell
 from crosslm.bench.store import measured_on, measured_seconds, record_path
+from crosslm.methods import method_spec
 from crosslm.reporting.summary import summarise
 from crosslm.rundir import load_metrics, write_atomic
 
@@ -118,7 +119,7 @@ def target_rows(rows: list[dict], kinds: dict[str, str]) -> list[list[str]]:
     """Per task and setting, every crosslm method against each target's reference method, on the
     seeds both have finished."""
     out = []
-    for row in (r for r in rows if kinds[r["method"]] == "crosslm"):
+    for row in (r for r in rows if method_spec(kinds[r["method"]]).checked):
         peers = [r for r in rows if (r["task"], r["setting"]) == (row["task"], row["setting"])]
         for description, figure, reference, check in TARGETS:
             ref = next((r for r in peers if kinds[r["method"]] == reference), None)
@@ -201,5 +202,6 @@ def write_results(name: str, done: list[Cell], skipped: list[Cell], out: Path, c
     kinds = {c.method: c.config.method for c in done}
     wall = sum(s for c in done if (s := measured_seconds(record_path(c, out))) is not None)
     write_atomic(out / "matrix.json", json.dumps(rows, indent=2) + "\n")
-    write_atomic(out / "matrix.md", markdown(name, rows, kinds, skipped, figures, command, wall, out))
+    write_atomic(out / "matrix.md", markdown(name, rows, kinds=kinds, skipped=skipped, plots=figures,
+                                                 command=command, wall_seconds=wall, results=out))
     return [p for paths in figures.values() for p in paths]

@@ -27,10 +27,10 @@ from crosslm.config import (
     config_from_layers,
     without_settings,
 )
+from crosslm.methods import method_spec
 from crosslm.rundir import write_atomic
 
 SHARED_FOLDER = "shared-round-zero"
-SHARING_METHODS = ("crosslm", "synthetic-no-feedback")
 NOT_IN_ROUND_ZERO = (*ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
 
 
@@ -40,7 +40,7 @@ def shared_round_zero(cell: Cell, output_dir: Path) -> ExperimentConfig | None:
     Flower's simulation keys client state by run, so only in-process cells share.
     """
     config = cell.config
-    if config.method not in SHARING_METHODS or config.engine != "in-process":
+    if method_spec(config.method).rounds != "generate" or config.engine != "in-process":
         return None
     key = without_settings(config.model_dump(), NOT_IN_ROUND_ZERO)
     key.update(method="crosslm", rounds=0, output_dir="")
