@@ -177,6 +177,7 @@ def expand(loaded: LoadedSpec) -> list[Cell]:
             for method in spec.methods:
                 for seed in spec.seeds:
                     out = Path(spec.output_dir) / task / setting / method / f"seed-{seed}"
-                    config = cell_config(loaded, task_entry, setting, method, seed, out)
-                    cells.append(Cell(task, setting, method, seed, config, skip_reason(config)))
+                    config = cell_config(loaded, task_entry, setting=setting, method=method, seed=seed,
+                                         output_dir=out)
+                    cells.append(Cell(task, setting, method, seed, config=config, skip=skip_reason(config)))
     return cells

@@ -152,9 +152,11 @@ def accuracy_per_round(runs: Runs, out: Path, title: str = "") -> Path:
     metrics, colors = _metrics(runs), _colors(runs)
     fig, (llm_ax, slm_ax) = _figure(2, title)
     _panel(llm_ax, {label: [llm_accuracy(m) for m in ms] for label, ms in metrics.items()}, colors,
-           "LLM", "task accuracy (round 0: best zero-shot)", "no LLM evaluation in these runs")
+           title="LLM", ylabel="task accuracy (round 0: best zero-shot)",
+           empty="no LLM evaluation in these runs")
     _panel(slm_ax, {label: [slm_accuracy(m) for m in ms] for label, ms in metrics.items()}, colors,
-           "SLMs", "test accuracy (mean of clients; FedAvg: global)", "no SLM evaluation in these runs")
+           title="SLMs", ylabel="test accuracy (mean of clients; FedAvg: global)",
+           empty="no SLM evaluation in these runs")
     single = [m for ms in metrics.values() for m in ms]
     if len(single) == 1:
         for k, (cid, accuracy) in enumerate(client_accuracy(single[0]).items()):
@@ -175,10 +177,10 @@ def synthetic_quality(runs: Runs, out: Path, title: str = "") -> Path:
         return _save(fig, out)
     fig, (share_ax, agree_ax, hist_ax) = _figure(3, title)
     _panel(share_ax, {label: [accepted_share(s) for s in ss] for label, ss in samples.items()}, colors,
-           "accepted by S4", "share of scored samples", "")
+           title="accepted by S4", ylabel="share of scored samples", empty="")
     share_ax.set_ylim(0.0, 1.02)
     _panel(agree_ax, {label: [slm_agreement(s) for s in ss] for label, ss in samples.items()}, colors,
-           "SLMs agree with intended label", "share (argmax of soft label)", "")
+           title="SLMs agree with intended label", ylabel="share (argmax of soft label)", empty="")
     agree_ax.set_ylim(0.0, 1.02)
     bins = np.linspace(0.0, 1.0, 21)
     for label, per_run in samples.items():
@@ -199,7 +201,7 @@ def communication_per_round(runs: Runs, out: Path, title: str = "") -> Path:
     metrics, colors = _metrics(runs), _colors(runs)
     fig, (ax,) = _figure(1, title)
     if not _panel(ax, {label: [bytes_per_client(m) for m in ms] for label, ms in metrics.items()}, colors,
-                  "communication", "bytes per client", "no communication in these runs"):
+                  title="communication", ylabel="bytes per client", empty="no communication in these runs"):
         return _save(fig, out)
     if len(metrics) == 1:
         (label, ms), = metrics.items()

@@ -35,9 +35,14 @@ from crosslm.protocol import decode, encode
 from crosslm.rundir import RunDir, write_atomic
 from crosslm.runtime.flower import RECORD, FlowerFederation, wire_log
 from crosslm.runtime.flower_submit import QUIET_ENV
-from crosslm.tasks.spec import Example, TaskSpec
+from crosslm.tasks.data import load_split, read_examples, resolve_data_dir
+from crosslm.tasks.partition import ClientData
+from crosslm.tasks.spec import Example, TaskSpec, load_task
 
-if TYPE_CHECKING:  # the ClientApp answers `query.hello` without importing torch
+# The crosslm modules imported inside functions below (client, federation_setup, rounds, privacy
+# accounting, model loading) load torch, transformers or Opacus: the ClientApp answers `query.hello`
+# and the SuperLink starts without them. None of them imports this module.
+if TYPE_CHECKING:
     from crosslm.client import Client
     from crosslm.federation_setup import ExperimentData
 
@@ -79,8 +84,6 @@ def split_private(examples: list[Example], config: ExperimentConfig, silo: str
 
 
 def _node_test(node_config: dict, task: TaskSpec, config: ExperimentConfig) -> list[Example]:
-    from crosslm.tasks.data import load_split, read_examples, resolve_data_dir
-
     if node_config.get("test-path"):
         examples = read_examples(str(node_config["test-path"]), task)
     else:
@@ -96,9 +99,6 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
     """A silo's Client from its node config: private data, node-local state, its own model."""
     from crosslm.client import Client
     from crosslm.privacy import accounting
-    from crosslm.tasks.data import read_examples
-    from crosslm.tasks.partition import ClientData
-    from crosslm.tasks.spec import load_task
 
     for key in ("data-path", "state-dir"):
         if not node_config.get(key):
@@ -224,8 +224,6 @@ server_app = ServerApp()
 def _deployed_main(grid: Grid, context: Context) -> None:
     """Deployment: the server needs the task's test split and the LLM, not the silos' data."""
     from crosslm.models.loading import resolve_model
-    from crosslm.tasks.data import load_split, resolve_data_dir
-    from crosslm.tasks.spec import load_task
 
     config = config_from_run_config(context.run_config)
     task = load_task(config.task)
