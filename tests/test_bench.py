@@ -345,6 +345,39 @@ def test_a_fresh_checkout_with_only_the_records_skips_every_cell_and_aggregates_
     assert len(list((workspace / "out/plots").glob("*.png"))) == 3
 
 
+def _unpack(record: Path) -> Path:
+    """Write a packed record back in the former folder layout (config.yaml, metrics.jsonl, ...)."""
+    packed = json.loads(gzip.decompress(record.read_bytes()))
+    folder = record.with_name(record.name.removesuffix(".json.gz"))
+    folder.mkdir()
+    (folder / "config.yaml").write_text(packed["config"])
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in packed["metrics"]))
+    (folder / "summary.json").write_text(json.dumps(packed["summary"]))
+    (folder / "bench.json").write_text(json.dumps(packed["bench"]))
+    for round_, samples in packed["samples"].items():
+        (folder / "rounds" / f"{int(round_):03d}").mkdir(parents=True)
+        (folder / "rounds" / f"{int(round_):03d}" / "samples.jsonl").write_text(
+            "".join(json.dumps(s) + "\n" for s in samples))
+    record.unlink()
+    return folder
+
+
+def test_records_in_the_former_folder_layout_count_and_are_packed_by_the_next_aggregation(workspace):
+    before = json.loads(Path("out/matrix.json").read_text())
+    packed = sorted((workspace / "out/cells").rglob("*.json.gz"))
+    contents = {p: json.loads(gzip.decompress(p.read_bytes())) for p in packed}
+    shutil.rmtree(workspace / "out/sst2")
+    folders = [_unpack(p) for p in packed]
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count(" done ") == 8
+    result = _invoke("bench", "spec.yaml", "--aggregate-only")
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("out/matrix.json").read_text()) == before
+    assert not any(folder.exists() for folder in folders)
+    assert {p: json.loads(gzip.decompress(p.read_bytes())) for p in packed} == contents
+
+
 def test_the_results_say_which_machine_ran_each_cell(workspace):
     """Cells of one matrix may come from several machines (records committed from elsewhere), and
     records written before bench.json kept the machine have none."""

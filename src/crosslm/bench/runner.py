@@ -41,11 +41,13 @@ from crosslm.bench.spec import BenchSpec, Cell, expand, load_spec
 from crosslm.bench.store import (
     BENCH_FILE,
     config_text,
+    find_record,
     has_config,
     is_finished,
     keep_record,
+    legacy_record_path,
     measured_seconds,
-    record_path,
+    migrate_record,
 )
 from crosslm.config import config_from_layers, settings_read
 from crosslm.errors import CrossLMError
@@ -86,7 +88,7 @@ def cell_status(cell: Cell, results: Path) -> Status:
     if cell.skip:
         return Status("skip", cell.skip)
     note = f"last attempt failed: see {cell.path / ERROR_FILE}" if (cell.path / ERROR_FILE).is_file() else ""
-    folder = cell.path if (cell.path / "config.yaml").is_file() else record_path(cell, results)
+    folder = cell.path if (cell.path / "config.yaml").is_file() else find_record(cell, results)
     if not has_config(folder):
         return Status("todo", note)
     seconds = measured_seconds(folder)
@@ -299,6 +301,8 @@ def aggregate_only(spec_path: Path, results: Path | None, command: str, console:
     for cell, status in zip(cells, statuses, strict=True):
         if status.state == "done" and status.folder == cell.path:
             keep_record(cell, out)
+        elif status.folder == legacy_record_path(cell, out):  # a record from before they were packed
+            migrate_record(cell, out)
     skipped = [c for c in cells if c.skip]
     plots = write_results(spec.name, done, skipped=skipped, out=out, command=command)
     console.print(f"aggregated {len(done)} finished cells of {len(cells)}: {out / 'matrix.json'}, "

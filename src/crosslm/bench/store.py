@@ -9,11 +9,14 @@ machine, so a large matrix can be completed over several machines or fresh check
 and plots are made from records only.
 
 The functions below read a cell's state from either place: its run directory or its record.
+Records kept before they were packed, folders ``RESULTS/cells/TASK/SETTING/METHOD/seed-N/`` holding
+those files, are read as run directories and packed by the next aggregation (``migrate_record``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from crosslm.bench.spec import Cell
@@ -62,6 +65,17 @@ def record_path(cell: Cell, results: Path) -> Path:
     return results / "cells" / cell.task / cell.setting / cell.method / f"seed-{cell.seed}{PACKED_SUFFIX}"
 
 
+def legacy_record_path(cell: Cell, results: Path) -> Path:
+    """Where the record was kept before records were packed: a folder of the run's files."""
+    return results / "cells" / cell.task / cell.setting / cell.method / f"seed-{cell.seed}"
+
+
+def find_record(cell: Cell, results: Path) -> Path:
+    """The cell's record: packed, else a folder in the former layout (read as a run directory)."""
+    packed, legacy = record_path(cell, results), legacy_record_path(cell, results)
+    return legacy if not packed.is_file() and (legacy / "config.yaml").is_file() else packed
+
+
 def pack_record(run: Path) -> bytes:
     """What the results need of a finished run directory (or of a record folder in the former
     layout, which held the same files), packed into one file."""
@@ -76,9 +90,20 @@ def pack_record(run: Path) -> bytes:
 
 def keep_record(cell: Cell, results: Path) -> Path:
     """Pack a finished cell's record from its run directory, replacing an older one whole."""
+    return _write_record(cell, results, cell.path)
+
+
+def migrate_record(cell: Cell, results: Path) -> Path:
+    """Pack a record kept in the former folder layout, then remove the folder."""
+    target = _write_record(cell, results, legacy_record_path(cell, results))
+    shutil.rmtree(legacy_record_path(cell, results))
+    return target
+
+
+def _write_record(cell: Cell, results: Path, source: Path) -> Path:
     target = record_path(cell, results)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.partial")
-    staging.write_bytes(pack_record(cell.path))
+    staging.write_bytes(pack_record(source))
     staging.replace(target)
     return target
