@@ -36,8 +36,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from crosslm.bench_results import machine
-from crosslm.report import COMPUTE_PHASES
+from crosslm.bench.results import machine
+from crosslm.reporting.summary import COMPUTE_PHASES
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path("runs/bench-engines")

@@ -44,7 +44,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from crosslm.bench_results import machine
+from crosslm.bench.results import machine
 from crosslm.config import FeedbackConfig, TrainConfig, config_from_layers
 from crosslm.experiment import run_experiment
 from crosslm.models.classifier import build_classifier
@@ -52,7 +52,7 @@ from crosslm.models.devices import detect_hardware
 from crosslm.models.llm import ServerLLM
 from crosslm.models.sampling import SamplingParams
 from crosslm.models.training import TrainItem, train_classifier
-from crosslm.report import COMPUTE_PHASES
+from crosslm.reporting.summary import COMPUTE_PHASES
 from crosslm.strategies.feedback import improve_generator
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.data import load_split

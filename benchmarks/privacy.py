@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from crosslm.bench_results import machine  # noqa: E402
+from crosslm.bench.results import machine  # noqa: E402
 from crosslm.config import load_config  # noqa: E402
 from crosslm.experiment import run_experiment  # noqa: E402
 from crosslm.privacy.audit import AUDIT_RESULT  # noqa: E402

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from sampler_speed import s1
 
-from crosslm.bench_results import machine
+from crosslm.bench.results import machine
 from crosslm.config import load_config
-from crosslm.experiment import build_server
-from crosslm.report import COMPUTE_PHASES
+from crosslm.federation_setup import build_server
+from crosslm.reporting.summary import COMPUTE_PHASES
 from crosslm.tasks.spec import load_task
 
 RESULTS = Path(__file__).parent / "results"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import signal
@@ -15,13 +16,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from crosslm.bench import cell_status, estimates
-from crosslm.bench_estimate import model_seconds
-from crosslm.bench_results import FIGURES, machine_name, target_rows
-from crosslm.bench_share import shared_round_zero
-from crosslm.bench_spec import expand, load_spec
+from crosslm.bench.estimate import model_seconds
+from crosslm.bench.results import FIGURES, machine_name, target_rows
+from crosslm.bench.runner import cell_status, estimates
+from crosslm.bench.share import shared_round_zero
+from crosslm.bench.spec import expand, load_spec
 from crosslm.cli import app
 from crosslm.errors import CrossLMError
+from crosslm.rundir import load_metrics, load_samples
 
 HETEROGENEOUS = ["minilm-l6", "minilm-l6", "smollm2-135m", "smollm2-135m"]
 
@@ -311,18 +313,22 @@ def test_a_second_run_skips_every_done_cell(workspace):
 
 def test_each_finished_cell_is_recorded_beside_the_results_without_its_texts(workspace):
     for cell in _cells(workspace):
-        record = workspace / "out" / "cells" / cell.relative_to(workspace / "out")
-        for name in ("config.yaml", "metrics.jsonl", "summary.json", "bench.json"):
-            assert (record / name).read_bytes() == (cell / name).read_bytes()
-        samples = sorted(cell.glob("rounds/*/samples.jsonl"))
-        assert [p.relative_to(record) for p in sorted(record.glob("rounds/*/samples.jsonl"))] == [
-            p.relative_to(cell) for p in samples]
-        for path in samples:
-            full = [json.loads(line) for line in path.read_text().splitlines()]
-            kept = [json.loads(line) for line in (record / path.relative_to(cell)).read_text().splitlines()]
-            assert kept == [{k: s[k] for k in ("label", "soft_label", "quality", "accepted")} for s in full]
-            assert full and "text" in full[0]
-    assert any((workspace / "out/cells/sst2/tiny/sft/seed-0/rounds").iterdir())
+        record = workspace / "out" / "cells" / cell.relative_to(workspace / "out").with_suffix(".json.gz")
+        packed = json.loads(gzip.decompress(record.read_bytes()))
+        assert packed["config"] == (cell / "config.yaml").read_text()
+        assert packed["metrics"] == load_metrics(cell)
+        for key, name in (("summary", "summary.json"), ("bench", "bench.json")):
+            assert packed[key] == json.loads((cell / name).read_text())
+        samples = load_samples(cell)
+        assert {int(r): rows for r, rows in packed["samples"].items()} == {
+            r: [{k: s[k] for k in ("label", "soft_label", "quality", "accepted")} for s in rows]
+            for r, rows in samples.items()}
+        assert load_samples(record) == {r: [{k: s[k] for k in ("label", "soft_label", "quality", "accepted")}
+                                            for s in rows] for r, rows in samples.items()}
+        assert all("text" in rows[0] for rows in samples.values())
+    assert load_samples(workspace / "out/cells/sst2/tiny/sft/seed-0.json.gz")
+    assert list((workspace / "out/cells").rglob("*")) == [
+        p for p in (workspace / "out/cells").rglob("*") if p.is_dir() or p.name.endswith(".json.gz")]
 
 
 def test_a_fresh_checkout_with_only_the_records_skips_every_cell_and_aggregates_the_same(workspace):
@@ -337,6 +343,39 @@ def test_a_fresh_checkout_with_only_the_records_skips_every_cell_and_aggregates_
     assert not (workspace / "out/sst2").exists()
     assert json.loads(Path("out/matrix.json").read_text()) == before
     assert len(list((workspace / "out/plots").glob("*.png"))) == 3
+
+
+def _unpack(record: Path) -> Path:
+    """Write a packed record back in the former folder layout (config.yaml, metrics.jsonl, ...)."""
+    packed = json.loads(gzip.decompress(record.read_bytes()))
+    folder = record.with_name(record.name.removesuffix(".json.gz"))
+    folder.mkdir()
+    (folder / "config.yaml").write_text(packed["config"])
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in packed["metrics"]))
+    (folder / "summary.json").write_text(json.dumps(packed["summary"]))
+    (folder / "bench.json").write_text(json.dumps(packed["bench"]))
+    for round_, samples in packed["samples"].items():
+        (folder / "rounds" / f"{int(round_):03d}").mkdir(parents=True)
+        (folder / "rounds" / f"{int(round_):03d}" / "samples.jsonl").write_text(
+            "".join(json.dumps(s) + "\n" for s in samples))
+    record.unlink()
+    return folder
+
+
+def test_records_in_the_former_folder_layout_count_and_are_packed_by_the_next_aggregation(workspace):
+    before = json.loads(Path("out/matrix.json").read_text())
+    packed = sorted((workspace / "out/cells").rglob("*.json.gz"))
+    contents = {p: json.loads(gzip.decompress(p.read_bytes())) for p in packed}
+    shutil.rmtree(workspace / "out/sst2")
+    folders = [_unpack(p) for p in packed]
+    dry = _invoke("bench", "spec.yaml", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count(" done ") == 8
+    result = _invoke("bench", "spec.yaml", "--aggregate-only")
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("out/matrix.json").read_text()) == before
+    assert not any(folder.exists() for folder in folders)
+    assert {p: json.loads(gzip.decompress(p.read_bytes())) for p in packed} == contents
 
 
 def test_the_results_say_which_machine_ran_each_cell(workspace):
@@ -365,8 +404,9 @@ def test_a_recorded_cell_whose_config_changed_starts_again_when_asked(workspace)
     rerun = _invoke("bench", "spec.yaml", "--rerun-changed", "--only", "sst2/tiny/local/seed-0")
     assert rerun.exit_code == 0, rerun.output
     assert (workspace / "out/sst2/tiny/local/seed-0/summary.json").is_file()
-    record = workspace / "out/cells/sst2/tiny/local/seed-0/config.yaml"
-    assert yaml.safe_load(record.read_text())["clients"]["patience"] == 5
+    record = workspace / "out/cells/sst2/tiny/local/seed-0.json.gz"
+    config = json.loads(gzip.decompress(record.read_bytes()))["config"]
+    assert yaml.safe_load(config)["clients"]["patience"] == 5
 
 
 def test_a_partly_run_cell_resumes_and_keeps_its_finished_rounds(workspace):

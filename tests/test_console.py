@@ -17,7 +17,7 @@ import tqdm.auto
 from test_cli import _config
 from typer.testing import CliRunner
 
-from crosslm import experiment
+from crosslm import federation_setup
 from crosslm.cli import app
 from crosslm.third_party import THIRD_PARTY_LOG, ThirdPartyOutput
 
@@ -32,7 +32,7 @@ def noisy_model_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Checking a model also prints as a GGUF conversion does: a bar, a log line and a warning."""
     from transformers.utils import logging as hf_logging
 
-    resolve = experiment.resolve_model
+    resolve = federation_setup.resolve_model
 
     def noisy_resolve(name: str):
         for _ in tqdm.auto.tqdm(range(3), desc=BAR):
@@ -41,7 +41,7 @@ def noisy_model_check(monkeypatch: pytest.MonkeyPatch) -> None:
         warnings.warn(WARNING, FutureWarning, stacklevel=1)
         return resolve(name)
 
-    monkeypatch.setattr(experiment, "resolve_model", noisy_resolve)
+    monkeypatch.setattr(federation_setup, "resolve_model", noisy_resolve)
 
 
 @pytest.fixture

@@ -274,7 +274,7 @@ def test_client_app_names_what_a_node_config_lacks(task_identity, tmp_path):
 
 
 def test_export_silos_writes_the_in_process_partition(tmp_path, shared_data, monkeypatch):
-    from crosslm.experiment import load_experiment_data
+    from crosslm.federation_setup import load_experiment_data
 
     monkeypatch.setenv("CROSSLM_DATA_DIR", str(shared_data))
     sets = ["clients.num_clients=2", "clients.examples_per_client=12", "clients.validation_per_client=4",

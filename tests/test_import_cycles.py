@@ -14,12 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crosslm"
 
 # (importer, imported): function-level imports that close a cycle, each with the cycle it breaks.
-DEFERRED: set[tuple[str, str]] = {
-    # experiment.run_experiment -> flower_app.run_simulation_engine, while flower_app (and flower_submit,
-    # which flower_app imports) build the server, clients and data through crosslm.experiment, also in
-    # functions; moving those shared builders out of experiment.py is the package reorganisation.
-    ("crosslm.experiment", "crosslm.runtime.flower_app"),
-}
+DEFERRED: set[tuple[str, str]] = set()
 
 Graph = dict[str, set[str]]
 

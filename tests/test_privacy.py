@@ -232,7 +232,7 @@ def test_private_run_reports_epsilon_per_client_and_round_and_the_audit_scores_c
 
 
 def test_tensorboard_shows_epsilon_per_client_and_round():
-    from crosslm import tensorboard as tb
+    from crosslm.reporting import tensorboard as tb
 
     record = {"round": 2, "phase": "C1-fit", "clients": {
         "client-0": {"test_accuracy": 0.5, "metrics": {"epsilon": 2.0}},

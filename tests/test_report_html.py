@@ -13,10 +13,10 @@ from matplotlib.image import imread
 from test_cli import _config
 from typer.testing import CliRunner
 
-from crosslm import plots
 from crosslm.cli import app
-from crosslm.html_report import write_report
-from crosslm.report import summarise
+from crosslm.reporting import plots
+from crosslm.reporting.html import write_report
+from crosslm.reporting.summary import summarise
 from crosslm.rundir import load_metrics, load_samples
 
 CHROMIUM = Path("/usr/bin/chromium")

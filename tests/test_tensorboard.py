@@ -11,8 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_cli import _config as tiny_config
 from typer.testing import CliRunner
 
-from crosslm import tensorboard as tb
 from crosslm.cli import app
+from crosslm.reporting import tensorboard as tb
 
 Events = dict[str, list[tuple[int, float]]]
 

@@ -22,10 +22,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from crosslm import tensorboard as tb
 from crosslm.config import ExperimentConfig, load_config
 from crosslm.errors import CrossLMError
-from crosslm.report import summarise, summary_table
+from crosslm.reporting import tensorboard as tb
+from crosslm.reporting.summary import summarise, summary_table
 from crosslm.rundir import Listener, RunDir, listening, load_metrics
 
 app = typer.Typer(help="CrossLM: a server LLM and client SLMs improve each other without "
@@ -185,7 +185,7 @@ def report(
                    ] = None,
 ) -> None:
     """Write one self-contained HTML page of a run: config, tables, figures, synthetic samples."""
-    from crosslm.html_report import write_report
+    from crosslm.reporting.html import write_report
 
     try:
         print(write_report(run_dir, out))
@@ -223,7 +223,7 @@ def bench(
                                                    "e.g. 'sst2/*/*/seed-0'; repeatable")] = None,
 ) -> None:
     """Run every cell of a benchmark matrix that is not done yet, then aggregate the results."""
-    from crosslm import bench as runner
+    from crosslm.bench import runner
 
     if dry_run and aggregate_only:
         _fail(CrossLMError("--dry-run and --aggregate-only exclude each other"))

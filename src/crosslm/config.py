@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crosslm.errors import CrossLMError, read_yaml
+from crosslm.methods import ENHANCEMENT, LLM_TRAINING, METHOD_NAMES, METHODS, method_spec
 
 
 class _Section(BaseModel):
@@ -19,9 +20,10 @@ class _Section(BaseModel):
 class TrainConfig(_Section):
     """An optimisation budget; used by client SLM training and the server's LoRA phases."""
 
-    lr: float = Field(gt=0)
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(gt=0, description="learning rate of the AdamW (or Adafactor) optimizer")
+    epochs: int = Field(ge=1, description="passes over the training examples (an upper bound where "
+                                          "early stopping applies)")
+    batch_size: int = Field(default=16, ge=1, description="examples per optimizer step")
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
@@ -31,17 +33,26 @@ LoraTargetModules = list[str] | Literal["all-linear"] | None
 
 
 class ClientsConfig(_Section):
-    num_clients: int = Field(default=4, ge=1)
-    examples_per_client: int = Field(default=128, ge=1)
-    validation_per_client: int = Field(default=32, ge=1)
-    partition: Literal["iid", "dirichlet"] = "dirichlet"
-    dirichlet_alpha: float = Field(default=1.0, gt=0)
+    """The silos: how the task's training split is dealt to them, their SLMs and how those train."""
+
+    num_clients: int = Field(default=4, ge=1, description="silos, one client (SLM) each")
+    examples_per_client: int = Field(default=128, ge=1, description="private training examples per silo, "
+                                                                    "disjoint, from the train split")
+    validation_per_client: int = Field(default=32, ge=1, description="private validation examples per silo "
+                                                                     "(early stopping, val_accuracy weights)")
+    partition: Literal["iid", "dirichlet"] = Field(
+        default="dirichlet", description="iid: every silo has the split's label mix; dirichlet: each silo's "
+                                         "label mix is drawn from Dir(dirichlet_alpha) (non-IID)")
+    dirichlet_alpha: float = Field(default=1.0, gt=0, description="partition dirichlet: smaller is more "
+                                                                  "skewed (0.1: mostly one label per silo)")
     slm: list[str] = Field(
         default=["minilm-l6"], min_length=1,
         description="model per client, cycled over clients: an alias, hub id or local directory",
     )
     # 2e-4: at 5e-5, silos of 128 SST-2 examples often never beat predicting their majority label
-    local_training: TrainConfig = TrainConfig(lr=2e-4, epochs=20, batch_size=16)
+    local_training: TrainConfig = Field(
+        default=TrainConfig(lr=2e-4, epochs=20, batch_size=16),
+        description="round 0 (C1): each SLM trained on its private data, stopped by patience")
     patience: int = Field(default=3, ge=1, description="epochs without validation gain before stopping")
     balance_labels: bool = Field(
         default=True,
@@ -49,7 +60,10 @@ class ClientsConfig(_Section):
                     "model does not collapse onto its majority label; off under privacy (the weights would "
                     "depend on other records)",
     )
-    round_training: TrainConfig = TrainConfig(lr=5e-5, epochs=1, batch_size=16)
+    round_training: TrainConfig = Field(
+        default=TrainConfig(lr=5e-5, epochs=1, batch_size=16),
+        description="rounds 1..R (C1): each SLM trained on its private data and the accepted samples "
+                    "(fedavg: one local pass before averaging)")
     synthetic_weight: float = Field(default=1.0, ge=0, description="loss weight of accepted samples")
     distill_weight: float = Field(
         default=0.5, ge=0, le=1,
@@ -70,12 +84,17 @@ class ClientsConfig(_Section):
 
 
 class ServerConfig(_Section):
-    llm: str = "gemma3-270m"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The server's LLM: which model, where it runs and how its LoRA adapters train (S3, S5)."""
+
+    llm: str = Field(default="gemma3-270m", description="the LLM: an alias, hub id or local directory "
+                                                        "of a causal LM")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="weights' dtype; auto: bfloat16 on GPUs that support it, else float32")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN,
                         description=f"where the LLM runs: {DEVICE_DESCRIPTION}; auto shards an LLM that "
                                     "fits no single GPU over several (device_map=auto)")
-    lora_rank: int = Field(default=8, ge=1)
+    lora_rank: int = Field(default=8, ge=1, description="rank of the LLM's LoRA adapters (generator and "
+                                                        "classifier)")
     lora_target_modules: LoraTargetModules = Field(
         default=None, description="modules the LLM's LoRA adapters adapt: module names or all-linear; "
                                   "None: PEFT's default for the architecture")
@@ -85,22 +104,33 @@ class ServerConfig(_Section):
     optimizer: Literal["adamw", "adafactor"] = Field(
         default="adamw", description="S3/S5 optimizer of the LLM's adapters; adafactor keeps less state")
     # at lr 5e-4 x 1, round 2 of S5 could undo round 1 (docs/experiments.md, "Ablations")
-    classifier_training: TrainConfig = TrainConfig(lr=1e-4, epochs=2, batch_size=8)
-    classifier_loss: Literal["label", "distill"] = "label"
+    classifier_training: TrainConfig = Field(
+        default=TrainConfig(lr=1e-4, epochs=2, batch_size=8),
+        description="S5: the LLM's classifier adapter trained on each round's accepted samples")
+    classifier_loss: Literal["label", "distill"] = Field(
+        default="label", description="S5's target: label, the sample's intended label; distill, the SLMs' "
+                                     "aggregated soft label")
     kl_weight: float = Field(
         default=1.0, ge=0, description="S5: weight of KL(base || adapted) that keeps general ability")
     kl_positions: int = Field(default=8, ge=1, description="S5: prompt positions the KL covers")
 
 
 class GenerationConfig(_Section):
-    samples_per_label: int = Field(default=48, ge=1)
-    num_demonstrations: int = Field(default=4, ge=0)
-    max_new_tokens: int = Field(default=40, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    top_k: int = Field(default=50, ge=1)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    batch_size: int = Field(default=32, ge=1)
-    min_words: int = Field(default=3, ge=1)
+    """S1: how the LLM writes each round's labelled synthetic texts."""
+
+    samples_per_label: int = Field(default=48, ge=1, description="texts the LLM writes per label and round "
+                                                                 "(before degenerate ones are dropped)")
+    num_demonstrations: int = Field(default=4, ge=0, description="example texts shown in each prompt: the "
+                                                                 "task's seeds, later the best accepted")
+    max_new_tokens: int = Field(default=40, ge=1, description="longest text, in tokens; sampling also "
+                                                              "stops at the prompt's delimiter")
+    temperature: float = Field(default=1.0, gt=0, description="sampling temperature; higher is more varied")
+    top_k: int = Field(default=50, ge=1, description="sample from the k likeliest tokens (then top_p)")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="nucleus sampling: the likeliest tokens "
+                                                               "whose probabilities sum to this")
+    batch_size: int = Field(default=32, ge=1, description="prompts sampled together (memory vs speed; "
+                                                          "does not change the texts)")
+    min_words: int = Field(default=3, ge=1, description="shorter texts are dropped as degenerate")
     prompt_format: Literal["completion", "chat"] = Field(
         default="completion", description="completion: few-shot text for a base LLM; chat: S1 and the LLM's "
                                           "classifier prompt through its tokenizer's chat template "
@@ -108,12 +138,19 @@ class GenerationConfig(_Section):
 
 
 class FeedbackConfig(_Section):
-    strategy: Literal["filtered-sft", "reward-weighted", "dpo"] = "filtered-sft"
+    """S3: how the SLMs' judgements (q_j) improve the LLM's generator adapter."""
+
+    strategy: Literal["filtered-sft", "reward-weighted", "dpo"] = Field(
+        default="filtered-sft", description="filtered-sft: train on samples with q_j >= threshold; "
+                                            "reward-weighted: on all, weighted by q_j; dpo: prefer high-q "
+                                            "over low-q samples of a label")
     threshold: float = Field(default=0.7, ge=0, le=1, description="filtered-sft: minimum q_j")
-    dpo_beta: float = Field(default=0.1, gt=0)
+    dpo_beta: float = Field(default=0.1, gt=0, description="dpo: strength of the pull towards the "
+                                                           "reference model (DPO's beta)")
     max_samples_per_label: int = Field(
         default=24, ge=2, description="best samples per label the generator trains on per round")
-    training: TrainConfig = TrainConfig(lr=2e-4, epochs=1, batch_size=8)
+    training: TrainConfig = Field(default=TrainConfig(lr=2e-4, epochs=1, batch_size=8),
+                                  description="S3's optimisation budget of the generator adapter")
     demonstrations_from_feedback: int = Field(
         default=2, ge=0, description="best accepted samples per label used as next round's demos",
     )
@@ -123,14 +160,18 @@ TOP_LABEL = "top-label"
 
 
 class SelectionConfig(_Section):
+    """S4: which judged samples are accepted for S5 and the clients' next C1."""
+
     # every sample whose intended label the SLMs, together, rank first: on TREC's six labels q >= 0.5
     # starved S4 (4.3 SLM points lower); capping at the top half cost 3 points on SST-2
     # (docs/experiments.md, "Ablations")
     threshold: float | Literal["top-label"] = Field(
         default=TOP_LABEL, description="S4 keeps samples with q_j >= this; top-label: samples whose "
                                  "intended label is first in the aggregated soft label")
-    top_fraction: float = Field(default=1.0, gt=0, le=1)
-    balance: bool = True
+    top_fraction: float = Field(default=1.0, gt=0, le=1, description="per label, at most this share of "
+                                                                     "its samples (best q_j first)")
+    balance: bool = Field(default=True, description="every label keeps as many samples as the label with "
+                                                    "the fewest accepted")
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -143,18 +184,30 @@ class SelectionConfig(_Section):
 
 
 class AggregationConfig(_Section):
-    weights: Literal["uniform", "data_size", "val_accuracy"] = "uniform"
+    """S2: how the clients' label distributions combine into q_j and the soft label."""
+
+    weights: Literal["uniform", "data_size", "val_accuracy"] = Field(
+        default="uniform", description="weight w_k of client k: equal, its private example count, or its "
+                                       "SLM's validation accuracy (uniform only, under DP)")
 
 
 class EvaluationConfig(_Section):
-    slm_test_size: int | None = Field(default=None, ge=1, description="None: the whole test split")
-    llm_test_size: int | None = Field(default=None, ge=1)
-    calibrate: bool = True
+    """E: what is measured after round 0 and the rounds, and on how much data."""
+
+    slm_test_size: int | None = Field(default=None, ge=1, description="SLM accuracy on the first this many "
+                                                                      "test examples; None: all of them")
+    llm_test_size: int | None = Field(default=None, ge=1, description="LLM task accuracy on the first this "
+                                                                      "many test examples; None: all")
+    calibrate: bool = Field(default=True, description="also report the LLM's content-free calibrated "
+                                                      "accuracy; the summary takes the better of the two")
     llm_task_every_round: bool = Field(
         default=False, description="LLM task accuracy after every round, not only first and last")
-    wikitext_tokens: int = Field(default=2048, ge=64)
-    arc_easy_questions: int = Field(default=200, ge=1)
-    general_ability: bool = True
+    wikitext_tokens: int = Field(default=2048, ge=64, description="general ability: WikiText-2 tokens the "
+                                                                  "LLM's perplexity is measured on")
+    arc_easy_questions: int = Field(default=200, ge=1, description="general ability: ARC-Easy questions "
+                                                                   "(multiple choice accuracy)")
+    general_ability: bool = Field(default=True, description="measure the LLM's general ability (WikiText-2, "
+                                                            "ARC-Easy) before and after the rounds")
     cache: bool = Field(
         default=True, description="reuse the LLM's evaluations of an identical model on identical data "
                                   "and settings from $CROSSLM_CACHE/evaluations (the untrained LLM's)")
@@ -192,31 +245,38 @@ class AuditConfig(_Section):
                                                        "and keep as many matched non-members; 0: no audit")
 
 
-Method = Literal["crosslm", "local-only", "fedavg", "centralized", "llm-zero-shot", "llm-few-shot",
-                 "synthetic-no-feedback"]
+Method = Literal[METHOD_NAMES]  # the names of crosslm.methods.METHODS, in their order
 
 
 class ExperimentConfig(_Section):
-    task: str = "sst2"
+    """One experiment: the task, the method, the rounds and every section's settings."""
+
+    task: str = Field(default="sst2", description="a built-in task name (sst2, ag_news, trec, ...) or the "
+                                                  "path of a task YAML file")
     method: Method = Field(
         default="crosslm",
         description="crosslm, or a baseline to compare it with on the same splits (docs/experiments.md)")
     data_dir: str | None = Field(default=None, description="local data; default $CROSSLM_DATA_DIR")
-    seed: int = 0
-    rounds: int = Field(default=3, ge=0)
-    engine: Literal["in-process", "flower-sim", "flower"] = "in-process"
-    output_dir: str = "runs/sst2-default"
-    clients: ClientsConfig = ClientsConfig()
-    server: ServerConfig = ServerConfig()
-    generation: GenerationConfig = GenerationConfig()
-    feedback: FeedbackConfig = FeedbackConfig()
-    selection: SelectionConfig = SelectionConfig()
-    aggregation: AggregationConfig = AggregationConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    seed: int = Field(default=0, description="seeds the partition, every model's initialisation and "
+                                             "sampling; client k uses seed + k")
+    rounds: int = Field(default=3, ge=0, description="rounds after round 0 (local training and the LLM "
+                                                     "before enhancement); 0: round 0 only")
+    engine: Literal["in-process", "flower-sim", "flower"] = Field(
+        default="in-process", description="in-process: one process; flower-sim: Flower's Simulation Engine "
+                                          "on this machine; flower: a running SuperLink (docs/flower.md)")
+    output_dir: str = Field(default="runs/sst2-default", description="the run directory: config, metrics, "
+                                                                     "samples, checkpoints, summary")
+    clients: ClientsConfig = Field(default=ClientsConfig(), description=ClientsConfig.__doc__)
+    server: ServerConfig = Field(default=ServerConfig(), description=ServerConfig.__doc__)
+    generation: GenerationConfig = Field(default=GenerationConfig(), description=GenerationConfig.__doc__)
+    feedback: FeedbackConfig = Field(default=FeedbackConfig(), description=FeedbackConfig.__doc__)
+    selection: SelectionConfig = Field(default=SelectionConfig(), description=SelectionConfig.__doc__)
+    aggregation: AggregationConfig = Field(default=AggregationConfig(), description=AggregationConfig.__doc__)
+    evaluation: EvaluationConfig = Field(default=EvaluationConfig(), description=EvaluationConfig.__doc__)
     privacy: PrivacyConfig | None = Field(
         default=None, description="DP-SGD at every client, accounted per client (docs/privacy.md); "
                                   "None: no differential privacy")
-    audit: AuditConfig = AuditConfig()
+    audit: AuditConfig = Field(default=AuditConfig(), description=AuditConfig.__doc__)
 
 
 # S1's settings but the prompt format, which the LLM's classifier reads too (round 0, zero-shot)
@@ -228,15 +288,13 @@ LLM_TRAINING_SETTINGS = ("server.classifier_training", "server.classifier_loss",
                          "server.gradient_checkpointing")
 
 
+SETTING_GROUPS = {ENHANCEMENT: ENHANCEMENT_SETTINGS, LLM_TRAINING: LLM_TRAINING_SETTINGS}
+
+
 def settings_not_read(method: Method) -> tuple[str, ...]:
     """Dotted settings ``method`` never reads, so changing them cannot change its results."""
-    if method == "crosslm":
-        return ()
-    if method == "synthetic-no-feedback":  # no S2, S3 or S4
-        return ("feedback", "selection", "aggregation")
-    if method in ("llm-zero-shot", "llm-few-shot"):
-        return ("clients", "privacy", "audit", *ENHANCEMENT_SETTINGS, *LLM_TRAINING_SETTINGS)
-    return ("server", "generation.prompt_format", *ENHANCEMENT_SETTINGS)  # local-only, centralized, fedavg
+    return tuple(setting for entry in method_spec(method).not_read
+                 for setting in SETTING_GROUPS.get(entry, (entry,)))
 
 
 def without_settings(tree: dict, dotted: tuple[str, ...]) -> dict:
@@ -296,24 +354,24 @@ def config_from_layers(raw: dict) -> ExperimentConfig:
 
 def check_method(config: ExperimentConfig) -> None:
     """Refuse a method that cannot run on this config, before anything is written."""
-    if config.method == "fedavg" and len(set(config.clients.slm)) > 1:
-        raise CrossLMError(f"method fedavg averages weights, so every client needs the same SLM; "
+    method = method_spec(config.method)
+    if method.one_slm and len(set(config.clients.slm)) > 1:
+        raise CrossLMError(f"method {method.name} averages weights, so every client needs the same SLM; "
                            f"clients.slm is {config.clients.slm}")
-    if config.method != "crosslm" and config.engine != "in-process":
-        raise CrossLMError(f"method {config.method} runs in-process only; engine is {config.engine}")
+    if config.engine not in method.engines:
+        raise CrossLMError(f"method {method.name} runs {' or '.join(method.engines)} only; "
+                           f"engine is {config.engine}")
     if config.privacy is not None:
         check_private(config)
 
 
-NOT_DP_METHODS = ("fedavg", "centralized")  # the LLM-only baselines have no clients: privacy is moot
-
-
 def check_private(config: ExperimentConfig) -> None:
     """Refuse what would send private-data statistics outside the DP guarantee (docs/privacy.md)."""
-    if config.method in NOT_DP_METHODS:
+    if not method_spec(config.method).private:  # the LLM-only baselines have no clients: privacy is moot
+        private = [m.name for m in METHODS if m.private and m.clients]
         raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
-                           "every round, centralized pools the silos); crosslm, synthetic-no-feedback and "
-                           "local-only are")
+                           f"every round, centralized pools the silos); {', '.join(private[:-1])} and "
+                           f"{private[-1]} are")
     if config.aggregation.weights != "uniform":
         raise CrossLMError(f"privacy: aggregation.weights {config.aggregation.weights} would send each "
                            "silo's private example count or validation accuracy; use uniform under DP")

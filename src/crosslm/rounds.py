@@ -17,9 +17,10 @@ from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
 from crosslm.evaluate import GeneralData, general_ability, load_general_data, task_accuracy
 from crosslm.evaluation_cache import EvaluationCache, digest
+from crosslm.methods import method_spec
 from crosslm.models.loading import model_cache_dir
 from crosslm.protocol import FitIns, FitRes, ScoreIns
-from crosslm.report import summarise
+from crosslm.reporting.summary import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
 from crosslm.server import Server
@@ -147,7 +148,7 @@ class RoundLoop:
                        "kept": len(candidates), "dropped": dropped}
         if not candidates:
             raise CrossLMError(f"round {round_}: every generated sample was degenerate")
-        if self.config.method == "synthetic-no-feedback":
+        if not method_spec(self.config.method).judged:  # synthetic-no-feedback
             scored = accepted = self.server.accept_unjudged(candidates)
         else:
             scored, accepted = self._judge(candidates)

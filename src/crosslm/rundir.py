@@ -7,6 +7,7 @@ counts as completed only once ``progress.json`` says so.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -130,13 +131,39 @@ class RunDir:
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+PACKED_SUFFIX = ".json.gz"  # a finished run's results in one file: what the bench keeps of a cell
+
+
+def is_packed(path: str | Path) -> bool:
+    return Path(path).name.endswith(PACKED_SUFFIX)
+
+
+def pack(fields: dict) -> bytes:
+    """``fields`` as gzipped JSON, the same bytes for the same fields (no time stamp)."""
+    return gzip.compress(json.dumps(fields, separators=(",", ":")).encode("utf-8"), mtime=0)
+
+
+def read_packed(path: str | Path) -> dict:
+    """A packed run: ``config`` (the config.yaml text), ``metrics`` (rows), ``summary``, ``bench`` and
+    ``samples`` (round -> scored samples)."""
+    try:
+        return json.loads(gzip.decompress(Path(path).read_bytes()))
+    except (OSError, ValueError) as err:
+        raise CrossLMError(f"{path}: not a packed run record ({err})") from err
+
+
 def load_metrics(path: str | Path) -> list[dict]:
-    """The metrics of an existing run directory (for ``crosslm show`` and the reports)."""
+    """The metrics of an existing run directory, or of a packed run (for ``crosslm show``, the reports
+    and the bench)."""
+    if is_packed(path):
+        return read_packed(path)["metrics"]
     return _read_jsonl(_existing_run(path) / "metrics.jsonl")
 
 
 def load_samples(path: str | Path) -> dict[int, list[dict]]:
     """Round -> that round's scored synthetic samples (``rounds/NNN/samples.jsonl``); {} if none."""
+    if is_packed(path):
+        return {int(round_): samples for round_, samples in read_packed(path)["samples"].items()}
     return {int(f.parent.name): _read_jsonl(f)
             for f in sorted(_existing_run(path).glob("rounds/*/samples.jsonl")) if f.parent.name.isdigit()}
 

@@ -1,7 +1,7 @@
 """Running the membership-inference audit (``crosslm audit RUN_DIR``) on a finished run.
 
 Apart from ``crosslm.privacy.audit`` because it rebuilds the run's federation, and the
-experiment module that does so plants the canaries with ``audit``: imports point one way.
+module that does so (``crosslm.federation_setup``) plants the canaries with ``audit``: imports point one way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from crosslm.config import config_from_layers
 from crosslm.errors import CrossLMError, read_yaml
-from crosslm.experiment import build_federation, load_experiment_data
+from crosslm.federation_setup import build_federation, load_experiment_data
 from crosslm.privacy.audit import AUDIT_RESULT, AUDITED_CLIENT, CANARY_FILE, Canaries, attack
 from crosslm.protocol import ScoreIns
 

@@ -35,11 +35,16 @@ from crosslm.protocol import decode, encode
 from crosslm.rundir import RunDir, write_atomic
 from crosslm.runtime.flower import RECORD, FlowerFederation, wire_log
 from crosslm.runtime.flower_submit import QUIET_ENV
-from crosslm.tasks.spec import Example, TaskSpec
+from crosslm.tasks.data import load_split, read_examples, resolve_data_dir
+from crosslm.tasks.partition import ClientData
+from crosslm.tasks.spec import Example, TaskSpec, load_task
 
-if TYPE_CHECKING:  # the ClientApp answers `query.hello` without importing torch
+# The crosslm modules imported inside functions below (client, federation_setup, rounds, privacy
+# accounting, model loading) load torch, transformers or Opacus: the ClientApp answers `query.hello`
+# and the SuperLink starts without them. None of them imports this module.
+if TYPE_CHECKING:
     from crosslm.client import Client
-    from crosslm.experiment import ExperimentData
+    from crosslm.federation_setup import ExperimentData
 
 Progress = Callable[[str], None]
 CONFIG_KEY, MODE_KEY = "crosslm-config", "crosslm-mode"  # run config keys
@@ -79,8 +84,6 @@ def split_private(examples: list[Example], config: ExperimentConfig, silo: str
 
 
 def _node_test(node_config: dict, task: TaskSpec, config: ExperimentConfig) -> list[Example]:
-    from crosslm.tasks.data import load_split, read_examples, resolve_data_dir
-
     if node_config.get("test-path"):
         examples = read_examples(str(node_config["test-path"]), task)
     else:
@@ -96,9 +99,6 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
     """A silo's Client from its node config: private data, node-local state, its own model."""
     from crosslm.client import Client
     from crosslm.privacy import accounting
-    from crosslm.tasks.data import read_examples
-    from crosslm.tasks.partition import ClientData
-    from crosslm.tasks.spec import load_task
 
     for key in ("data-path", "state-dir"):
         if not node_config.get(key):
@@ -116,24 +116,19 @@ def _node_client(config: ExperimentConfig, node_config: dict, silo: str, run_key
     device = str(node_config.get("device") or config.clients.device)
     clients = config.clients.model_copy(update={"device": device})
     privacy = None if config.privacy is None else accounting.plan(config, len(train), silo)
-    return Client(silo, slm, task, ClientData(train, validation), _node_test(node_config, task, config),
-                  state, clients, seed, privacy=privacy)
+    return Client(silo, slm, task, ClientData(train, validation), test=_node_test(node_config, task, config),
+                  state_dir=state, config=clients, seed=seed, privacy=privacy)
 
 
 def _simulated_client(setup: SimulationSetup, silo: str) -> Client:
     """Virtual node ``k``: silo ``k`` of the same partition as in-process, with the same seed and paths."""
-    from crosslm.client import Client
-    from crosslm.experiment import load_experiment_data
+    from crosslm.federation_setup import build_client, load_experiment_data
 
     config = setup.config
     key = config.model_dump_json()
     if key not in _silos_of:
         _silos_of[key] = load_experiment_data(config)
-    data = _silos_of[key]
-    k = int(silo.removeprefix("client-"))
-    slm = config.clients.slm[k % len(config.clients.slm)]
-    return Client(silo, slm, data.task, data.silos[k], data.test[:config.evaluation.slm_test_size],
-                  setup.state_root / silo, config.clients, config.seed + k, privacy=data.privacy.get(silo))
+    return build_client(config, _silos_of[key], int(silo.removeprefix("client-")), setup.state_root)
 
 
 def _client(context: Context, setup: SimulationSetup | None, run_key: str, silo: str) -> Client:
@@ -212,14 +207,14 @@ def run_key(run: RunDir) -> str:
 def serve(grid: Grid, config: ExperimentConfig, run: RunDir, task: TaskSpec, test: list[Example],
           data_dir: Path | None, progress: Progress) -> dict:
     """The unchanged round loop, with a FlowerFederation over ``grid``."""
-    from crosslm.experiment import build_server
+    from crosslm.federation_setup import build_server
     from crosslm.rounds import RoundLoop
 
-    federation = FlowerFederation(grid, run_key(run), config.clients.reply_timeout, progress,
-                                  min_clients=config.clients.min_replies)
+    federation = FlowerFederation(grid, run_key(run), reply_timeout=config.clients.reply_timeout,
+                                  progress=progress, min_clients=config.clients.min_replies)
     llm_test = test[:config.evaluation.llm_test_size]
-    return RoundLoop(config, build_server(config, task), federation, run, llm_test, data_dir,
-                     progress).run_all()
+    return RoundLoop(config, build_server(config, task), federation, run, llm_test=llm_test,
+                     data_dir=data_dir, progress=progress).run_all()
 
 
 server_app = ServerApp()
@@ -229,8 +224,6 @@ server_app = ServerApp()
 def _deployed_main(grid: Grid, context: Context) -> None:
     """Deployment: the server needs the task's test split and the LLM, not the silos' data."""
     from crosslm.models.loading import resolve_model
-    from crosslm.tasks.data import load_split, resolve_data_dir
-    from crosslm.tasks.spec import load_task
 
     config = config_from_run_config(context.run_config)
     task = load_task(config.task)
@@ -238,7 +231,8 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     test = load_split(task, "test", data_dir)
     resolve_model(config.server.llm)
     run = RunDir(config.output_dir, config, str(context.run_config.get(MODE_KEY, "new")))
-    summary = serve(grid, config, run, task, test, data_dir, lambda message: log(INFO, message))
+    summary = serve(grid, config, run, task=task, test=test, data_dir=data_dir,
+                    progress=lambda message: log(INFO, message))
     log(INFO, "crosslm summary: %s", json.dumps(summary))
 
 
@@ -269,7 +263,8 @@ def run_simulation_engine(config: ExperimentConfig, data: ExperimentData, run: R
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result["summary"] = serve(grid, config, run, data.task, data.test, data.data_dir, progress)
+        result["summary"] = serve(grid, config, run, task=data.task, test=data.test, data_dir=data.data_dir,
+                                  progress=progress)
 
     cpus = max(1, min(os.cpu_count() or 1, config.clients.num_clients))
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

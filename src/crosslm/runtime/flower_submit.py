@@ -98,13 +98,14 @@ def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
 
     For trying a deployment on one machine with the partition in-process runs use.
     """
-    from crosslm.experiment import load_experiment_data
+    from crosslm.federation_setup import load_experiment_data, silo_assignment
 
     data = load_experiment_data(config, resolve_models=False)
     test = data.test[:config.evaluation.slm_test_size]
     node_configs = []
     for k, silo in enumerate(data.silos):
-        folder = (out / f"client-{k}").resolve()
+        assigned = silo_assignment(config, k)
+        folder = (out / assigned.name).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         files = {"data-path": ("data.jsonl", silo.train),
                  "validation-path": ("validation.jsonl", silo.validation),
@@ -112,10 +113,10 @@ def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
         for name, rows in files.values():
             lines = "".join(json.dumps({"text": r.text, "label": r.label}) + "\n" for r in rows)
             (folder / name).write_text(lines, encoding="utf-8")
-        values = {"silo-name": f"client-{k}", **{key: folder / name for key, (name, _) in files.items()},
-                  "state-dir": folder / "state", "slm": config.clients.slm[k % len(config.clients.slm)]}
+        values = {"silo-name": assigned.name, **{key: folder / name for key, (name, _) in files.items()},
+                  "state-dir": folder / "state", "slm": assigned.model}
         node_configs.append(" ".join(f'{key}="{value}"' for key, value in values.items())
-                            + f" seed={config.seed + k}")  # the in-process client's seed
+                            + f" seed={assigned.seed}")  # the in-process client's seed
     return node_configs
 
 

@@ -1,0 +1,1 @@
+"""What a run shows: its summary table, HTML report, plots and TensorBoard scalars."""
