@@ -168,7 +168,7 @@ class EvaluationConfig(_Section):
     oracle_model: str | None = Field(
         default=None, description="data_quality: the oracle's model; None: the clients' first SLM")
     oracle_examples: int = Field(
-        default=2000, ge=2, description="data_quality: real training examples the oracle learns from, "
+        default=1000, ge=2, description="data_quality: real training examples the oracle learns from, "
                                         "label-balanced (trained once, cached under $CROSSLM_CACHE/oracles)")
     reference_texts: int = Field(
         default=256, ge=2, description="data_quality: real training texts the synthetic sets' embeddings "
