@@ -212,6 +212,23 @@ class EvaluationConfig(_Section):
         default=True, description="reuse the LLM's evaluations of an identical model on identical data "
                                   "and settings from $CROSSLM_CACHE/evaluations (the untrained LLM's)")
     few_shot_per_label: int = Field(default=2, ge=1, description="llm-few-shot: seed demos per label")
+    data_quality: bool = Field(
+        default=False,
+        description="measure each round's generated and accepted sets without the judges: label fidelity "
+                    "to an oracle SLM trained on real data, distinct-n, Fréchet distance to real texts, and "
+                    "each judge's accuracy against the oracle (crosslm and synthetic-no-feedback; "
+                    "docs/data-quality.md)")
+    oracle_model: str | None = Field(
+        default=None, description="data_quality: the oracle's model; None: the clients' first SLM")
+    oracle_examples: int = Field(
+        default=1000, ge=2, description="data_quality: real training examples the oracle learns from, "
+                                        "label-balanced (trained once, cached under $CROSSLM_CACHE/oracles)")
+    reference_texts: int = Field(
+        default=256, ge=2, description="data_quality: real training texts the synthetic sets' embeddings "
+                                       "are compared with")
+    embedding_model: str = Field(
+        default="minilm-l6", description="data_quality: the encoder whose mean-pooled embeddings the "
+                                         "Fréchet distance compares")
 
 
 class PrivacyConfig(_Section):

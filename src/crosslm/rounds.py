@@ -20,6 +20,7 @@ from crosslm.evaluation_cache import EvaluationCache, digest
 from crosslm.methods import method_spec
 from crosslm.models.loading import model_cache_dir
 from crosslm.protocol import FitIns, FitRes, ScoreIns
+from crosslm.quality.meter import DataQualityMeter
 from crosslm.reporting.summary import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
@@ -42,6 +43,8 @@ class RoundLoop:
         self.round = 0
         self._general: GeneralData | None = None
         self._general_tried = False
+        self.quality = (DataQualityMeter(config, server.task, data_dir, progress)
+                        if config.evaluation.data_quality and server is not None else None)
 
     @contextmanager
     def phase(self, name: str, **fields):
@@ -155,6 +158,9 @@ class RoundLoop:
         accepted_ids = {id(s) for s in accepted}
         self.run.write_jsonl(self.run.round_dir(round_) / "samples.jsonl",
                              [{**s.__dict__, "accepted": id(s) in accepted_ids} for s in scored])
+        if self.quality is not None:
+            with self.phase("E-data-quality") as record:
+                record |= self.quality.measure(candidates, scored, accepted)
         with self.phase("S5-enhance-llm") as record:
             record |= self.server.enhance(accepted, round_)
         self._fit_clients(accepted)

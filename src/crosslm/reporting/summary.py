@@ -6,6 +6,8 @@ import statistics
 
 from rich.table import Table
 
+from crosslm.quality.summary import data_quality_rows, data_quality_summary
+
 COMPUTE_PHASES = ("S1-generate", "C2-score", "S2-aggregate", "S3-improve-generator", "S4-select",
                   "S5-enhance-llm", "C1-fit", "S-average")
 
@@ -116,6 +118,7 @@ def summarise(metrics: list[dict]) -> dict:
         **_slm_summary(metrics),
         **_llm_summary(metrics),
         **_privacy_summary(metrics),
+        **data_quality_summary(metrics),
         "bytes_per_client_per_round": statistics.mean(traffic) if traffic else None,
         "round_seconds": rounds,
         "round_seconds_median": statistics.median(rounds) if rounds else None,
@@ -159,6 +162,8 @@ def summary_table(summary: dict) -> Table:
     for cid, spent in summary.get("epsilon_by_client", {}).items():
         table.add_row(f"SLM {cid}", f"ε spent (δ = {summary['delta']:g}; before: round 0)",
                       _epsilon(spent.get(0)), _epsilon(spent[max(spent)]))
+    for row in data_quality_rows(summary):
+        table.add_row(*row)
     table.add_row("network", "bytes per client per round (both directions)", "-",
                   _fmt(summary["bytes_per_client_per_round"], False))
     table.add_row("time", "seconds per round (median; S1-S5, C1, C2)", "-",

@@ -41,7 +41,7 @@ GROUPS = {
     "E-llm-task": "llm", "E-llm-general": "llm", "S5-enhance-llm": "llm",
     "S1-generate": "synthetic", "C2-score": "synthetic", "S2-aggregate": "synthetic",
     "S3-improve-generator": "synthetic", "S4-select": "synthetic",
-    "communication": "communication",
+    "communication": "communication", "E-data-quality": "data_quality",
 }
 PER_CLIENT = ("clients", "bytes")
 NOT_METRICS = ("round", "phase")
