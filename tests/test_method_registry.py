@@ -31,7 +31,7 @@ def test_every_method_is_accepted_and_known_to_the_bench(name, tmp_path):
     not_read = settings_not_read(name)
     assert all(not s.startswith("@") for s in not_read)  # every group expanded
     assert ("server" in not_read) == (not method.server)
-    assert ("clients" in not_read) == (not method.clients)
+    assert ("clients" in not_read) == (not method.reads_silos)
     cell = Cell("sst2", "s", name, 0, config.model_copy(update={"output_dir": str(tmp_path / "cell")}))
     assert (shared_round_zero(cell, tmp_path) is not None) == (method.rounds == "generate")
 

@@ -3,8 +3,9 @@
 local-only, centralized and llm-zero-shot are round 0 of ``RoundLoop`` with one
 side left out; synthetic-no-feedback is its round without C2, S2, S3 and S4.
 This module holds what the others add: the union of the silos (centralized),
-a few-shot prompt (llm-few-shot) and FedAvg, whose round moves SLM weights
-through the same federation interface.
+a few-shot prompt (llm-few-shot), FedAvg, whose round moves SLM weights
+through the same federation interface, and centralized-llm, whose round is S5
+on the silos' real data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from crosslm.protocol import AverageIns, AverageRes, pack_weights, unpack_weight
 from crosslm.rounds import Progress, RoundLoop
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
+from crosslm.server import Server
+from crosslm.synthetic import ScoredSample
 from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example, TaskSpec
 
@@ -87,3 +90,33 @@ class FedAvgLoop(RoundLoop):
 
     def restore(self, done: int) -> None:
         self.model.load(self.run.round_dir(done) / "global-slm.safetensors")
+
+
+class CentralizedLLMLoop(RoundLoop):
+    """Rounds 0 and 1 of centralized-llm: round 1 is S5's training on the union of the silos'
+    real training data (what no CrossLM server may see), then the LLM's evaluation.
+
+    The reference CrossLM's LLM is measured against: the same adapter, loss, KL and budget as
+    S5, on real instead of synthetic samples (one-hot soft labels), each seen in one round as
+    S5 sees each accepted sample.
+    """
+
+    def __init__(self, config: ExperimentConfig, server: Server, run: RunDir, *, pooled: list[Example],
+                 llm_test: list[Example], data_dir, progress: Progress) -> None:
+        super().__init__(config, server, None, run, llm_test=llm_test, data_dir=data_dir, progress=progress)
+        labels = server.task.num_labels
+        one_hot = lambda label: [float(y == label) for y in range(labels)]  # noqa: E731
+        self.samples = [ScoredSample(ex.text, ex.label, quality=1.0, soft_label=one_hot(ex.label),
+                                     disagreement=0.0) for ex in pooled]
+
+    @property
+    def last_round(self) -> int:
+        return min(1, self.config.rounds)
+
+    def crosslm_round(self, round_: int) -> None:
+        self.round = round_
+        with self.phase("S5-enhance-llm") as record:
+            record |= self.server.enhance(self.samples, round_)
+        self._evaluate_llm()
+        self.server.save(self.run.round_dir(round_))
+        self.run.mark_completed(round_)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crosslm.baselines import FedAvgLoop
+from crosslm.baselines import CentralizedLLMLoop, FedAvgLoop, union_of_silos
 from crosslm.config import ExperimentConfig, check_method
 from crosslm.federation_setup import (
     ExperimentData,
@@ -38,6 +38,9 @@ def build_loop(config: ExperimentConfig, data: ExperimentData, run: RunDir, prog
         slm_test = data.test[:config.evaluation.slm_test_size]
         return FedAvgLoop(config, federation, run, model=model, test=slm_test, progress=progress)
     llm_test = data.test[:config.evaluation.llm_test_size]
+    if method.rounds == "llm-on-silos":
+        return CentralizedLLMLoop(config, server, run, pooled=union_of_silos(data.silos).train,
+                                  llm_test=llm_test, data_dir=data.data_dir, progress=progress)
     return RoundLoop(config, server, federation, run, llm_test=llm_test, data_dir=data.data_dir,
                      progress=progress)
 

@@ -15,7 +15,7 @@ from typing import Literal
 ENHANCEMENT = "@enhancement"  # S1's sampling settings, feedback (S3), selection (S4), aggregation (S2)
 LLM_TRAINING = "@llm-training"  # S5's settings and S3's optimizer
 
-Rounds = Literal["generate", "average", "none"]
+Rounds = Literal["generate", "average", "llm-on-silos", "none"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class MethodSpec:
     server: bool  # builds the server LLM (and evaluates it)
     clients: bool  # builds one client SLM per silo (or per SLM, when pooled)
     # what rounds 1..R do: generate (S1, C2, S2-S4 when judged, S5, C1), average (FedAvg of SLM
-    # weights) or none (round 0 only: local training and the LLM before enhancement)
+    # weights), llm-on-silos (S5 on the union of the silos' real data) or none (round 0 only:
+    # local training and the LLM before enhancement)
     rounds: Rounds
     judged: bool = False  # generate: the SLMs score the samples (C2, S2, S3, S4); else all are accepted
     pooled: bool = False  # one client per distinct SLM, trained on the union of the silos
@@ -37,8 +38,14 @@ class MethodSpec:
     checked: bool = False  # the bench checks its results against the targets (the method under test)
 
     @property
+    def reads_silos(self) -> bool:
+        """It partitions the private data: the clients' silos, or their union for the LLM."""
+        return self.clients or self.rounds == "llm-on-silos"
+
+    @property
     def llm_only(self) -> bool:
-        return self.server and not self.clients
+        """The LLM is evaluated once, untrained (zero-shot, few-shot)."""
+        return self.server and not self.clients and self.rounds == "none"
 
 
 METHODS: tuple[MethodSpec, ...] = (
@@ -58,6 +65,9 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("llm-few-shot", "the LLM classifies with labelled public demonstrations", server=True,
                clients=False, rounds="none", few_shot_prompt=True,
                not_read=("clients", "privacy", "audit", ENHANCEMENT, LLM_TRAINING)),
+    MethodSpec("centralized-llm", "the LLM's classifier adapter trained (S5) on the union of the silos' "
+               "real data: the LLM's upper reference", server=True, clients=False, rounds="llm-on-silos",
+               private=False, not_read=("clients.slm", "privacy", "audit", ENHANCEMENT)),
     MethodSpec("synthetic-no-feedback", "CrossLM's rounds with every generated sample accepted unjudged",
                server=True, clients=True, rounds="generate",
                not_read=("feedback", "selection", "aggregation")),

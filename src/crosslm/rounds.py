@@ -87,7 +87,7 @@ class RoundLoop:
         same data with the same settings before (the LLM before round 1, in every run).
         """
         ev = self.config.evaluation
-        first_or_last = self.round in (0, self.config.rounds)
+        first_or_last = self.round in (0, self.last_round)
         if not (first_or_last or ev.llm_task_every_round):
             return
         model = self.server.llm.classifier_fingerprint()

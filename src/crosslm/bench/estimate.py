@@ -28,6 +28,7 @@ LOCAL_S_PER_EXAMPLE = (903.9 - 406.3 - 398.9) / (4 * 128)
 ROUND_S_PER_SAMPLE = 406.3 / (3 * 2 * 48)  # S1-S5, C1, C2 per generated sample
 SLM_EVAL_S_PER_ITEM = 101.4 / (4 * 4 * 872)  # 4 evaluations of 4 clients
 LLM_EVAL_S_PER_ITEM = 154.1 / (2 * 872)  # zero-shot (with calibration) and final
+S5_S_PER_SAMPLE = (60.1 + 51.3 + 45.3) / (76 + 82 + 80)  # S5 of the default run (sst2-default.json's run)
 GENERAL_EVAL_S = 143.4 / 2  # one evaluation of 2,048 WikiText-2 tokens and 200 ARC-Easy questions
 NOMINAL_TEST_SIZE = 1000  # test split size when no local data folder says otherwise
 
@@ -57,7 +58,10 @@ def model_seconds(config: ExperimentConfig) -> float:
         seconds += rounds * ROUND_S_PER_SAMPLE * config.generation.samples_per_label * labels
     if method.rounds == "average":  # a round trains one epoch: round 0's cost over its epoch budget
         seconds += rounds * local / c.local_training.epochs
-    if method.llm_only:
+    if method.rounds == "llm-on-silos":  # one S5 on every silo's examples, evaluated before and after
+        seconds += S5_S_PER_SAMPLE * c.num_clients * c.examples_per_client
+        task_evals = general_evals = 2
+    elif method.llm_only:
         task_evals = general_evals = 1
     elif method.server and method.rounds == "generate":
         task_evals = rounds + 1 if ev.llm_task_every_round else min(2, rounds + 1)

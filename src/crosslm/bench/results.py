@@ -23,6 +23,9 @@ from crosslm.reporting.summary import summarise
 from crosslm.rundir import load_metrics, write_atomic
 
 FIGURES = ("slm_acc", "llm_acc", "wikitext2_ppl", "arc_easy_acc", "bytes_per_client_per_round")
+# the data-quality meter's last round (evaluation.data_quality; docs/data-quality.md), mean over seeds
+QUALITY = ("oracle_fidelity_generated", "oracle_fidelity_accepted", "distinct_2", "judge_accuracy_mean",
+           "closeness_generated", "closeness_accepted")
 
 
 def duration(seconds: float) -> str:
@@ -47,8 +50,10 @@ def aggregate(cells: list[Cell], results: Path) -> list[dict]:
     for (task, setting, method), group in groups.items():
         records = [record_path(c, results) for c in group]
         summaries = [summarise(load_metrics(record)) for record in records]
-        stats = {key: _mean_std([s.get(key) for s in summaries]) for key in FIGURES}
-        by_seed = {str(c.seed): {key: s.get(key) for key in FIGURES} | {"machine": measured_on(record)}
+        stats = {key: _mean_std([s.get(key) for s in summaries]) for key in FIGURES + QUALITY}
+        collapsed = [s.get("collapsed_clients") for s in summaries]
+        by_seed = {str(c.seed): {key: s.get(key) for key in FIGURES + QUALITY + ("collapsed_clients",)}
+                   | {"machine": measured_on(record)}
                    for c, s, record in zip(group, summaries, records, strict=True)}
         rows.append({
             "task": task, "setting": setting, "method": method, "seeds": [c.seed for c in group],
@@ -56,6 +61,9 @@ def aggregate(cells: list[Cell], results: Path) -> list[dict]:
             "llm_acc_mean": stats["llm_acc"][0], "llm_acc_std": stats["llm_acc"][1],
             "wikitext2_ppl": stats["wikitext2_ppl"][0], "arc_easy_acc": stats["arc_easy_acc"][0],
             "bytes_per_client_per_round": stats["bytes_per_client_per_round"][0],
+            **{key: stats[key][0] for key in QUALITY},
+            # client models at >= 95 % of their test predictions on one label, summed over the seeds
+            "collapsed_clients": None if None in collapsed else sum(collapsed),
             "seconds_mean": _mean_std([measured_seconds(record) for record in records])[0],
             "by_seed": by_seed,
         })

@@ -38,9 +38,10 @@ def _slm_summary(metrics: list[dict]) -> dict:
     clients = {cid: {"local_only": first["clients"][cid]["test_accuracy"],
                      "crosslm": last["clients"].get(cid, {}).get("test_accuracy")}
                for cid in first["clients"]}
-    def collapsed(record: dict) -> int:
-        shares = [reply["metrics"].get("test_majority_share", 0) for reply in record["clients"].values()]
-        return sum(share >= COLLAPSED_SHARE for share in shares)
+    def collapsed(record: dict) -> int | None:
+        """None for runs from before the clients reported their majority share."""
+        shares = [reply["metrics"].get("test_majority_share") for reply in record["clients"].values()]
+        return None if None in shares else sum(share >= COLLAPSED_SHARE for share in shares)
 
     after = [c["crosslm"] for c in clients.values() if c["crosslm"] is not None]
     before = [c["local_only"] for c in clients.values() if c["local_only"] is not None]
@@ -148,8 +149,9 @@ def summary_table(summary: dict) -> Table:
     if "clients" in summary:
         table.add_row("SLM mean", "test accuracy", _fmt(summary["slm_acc_local_only_mean"]),
                       _fmt(summary["slm_acc"]))
-        table.add_row("SLM", f"clients collapsed onto one label (>= {COLLAPSED_SHARE:.0%} of predictions)",
-                      str(summary["collapsed_clients_local_only"]), str(summary["collapsed_clients"]))
+        if summary["collapsed_clients"] is not None:
+            table.add_row("SLM", f"clients collapsed (>= {COLLAPSED_SHARE:.0%} of predictions on one label)",
+                          str(summary["collapsed_clients_local_only"]), str(summary["collapsed_clients"]))
     if "llm_acc_zero_shot" in summary:
         table.add_row("LLM", "task accuracy (best of raw and calibrated)",
                       _fmt(summary["llm_acc_zero_shot"]), _fmt(summary["llm_acc"]))
