@@ -84,8 +84,9 @@ def test_centralized_llm_trains_s5_on_the_union_of_the_silos(runner, tmp_path, t
                                                              tiny_encoder_dir):
     config = _config(tmp_path, tiny_causal_dir, [tiny_encoder_dir], rounds=2)
     summary, metrics = _run(runner, config, "centralized-llm", tmp_path / "central-llm")
-    assert [(m["round"], m["phase"]) for m in metrics] == [
-        (0, "E-llm-task"), (0, "E-llm-general"), (1, "S5-enhance-llm"), (1, "E-llm-task"), (1, "E-llm-general")]
+    assert [(m["round"], m["phase"]) for m in metrics] == [(0, "E-llm-task"), (0, "E-llm-general"),
+                                                           (1, "S5-enhance-llm"), (1, "E-llm-task"),
+                                                           (1, "E-llm-general")]
     assert metrics[2]["llm_train_samples"] == 2 * 24  # every silo's training examples, once
     assert summary["slm_acc"] is None and summary["rounds"] == 1
     assert summary["llm_acc"] == summary["llm_acc_crosslm"] and summary["llm_acc_zero_shot"] is not None

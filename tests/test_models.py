@@ -312,6 +312,12 @@ def test_epoch_selector_does_not_lock_onto_a_collapsed_first_epoch():
     assert not selector.keep(7, 0.55) and selector.stop(7)  # above chance: patience runs
 
 
+def test_epoch_selector_keeps_the_last_epoch_when_validation_has_one_label():
+    selector = EpochSelector([Example("x", 1), Example("y", 1)], patience=1)
+    assert [selector.keep(e, acc) for e, acc in ((1, 1.0), (2, 0.5), (3, 0.9))] == [True] * 3
+    assert selector.best_epoch == 3 and not selector.stop(3)
+
+
 def test_epoch_selector_keeps_the_first_of_equal_epochs_above_chance():
     selector = EpochSelector([Example("x", 0), Example("y", 1)], patience=None)
     assert selector.keep(1, 0.75) and not selector.keep(2, 0.75) and selector.best_epoch == 1

@@ -108,12 +108,19 @@ class EpochSelector:
     """
 
     def __init__(self, validation: list[Example] | None, patience: int | None) -> None:
+        labels = {ex.label for ex in validation or []}
+        # a split with one label scores a one-label model perfectly: it cannot choose, so the last
+        # epoch is kept (a silo of 126 positives and 2 negatives had 32 positives to validate on)
+        self.informative = len(labels) > 1
         # float32 rounding: the mean of the recalls [1, 0, 0] is 1/3 + 3e-8
-        self.chance = 1 / len({ex.label for ex in validation}) + 1e-6 if validation else 0.0
+        self.chance = 1 / len(labels) + 1e-6 if labels else 0.0
         self.patience, self.best, self.best_epoch = patience, float("-inf"), 0
 
     def keep(self, epoch: int, balanced_acc: float) -> bool:
         """Whether this epoch's weights are the ones to keep so far."""
+        if not self.informative:
+            self.best, self.best_epoch = balanced_acc, epoch
+            return True
         at_chance = self.best <= self.chance and balanced_acc <= self.chance
         if balanced_acc > self.best or (at_chance and balanced_acc >= self.best - 1e-6):
             self.best, self.best_epoch = balanced_acc, epoch
