@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from crosslm.bench.estimate import model_seconds
-from crosslm.bench.results import FIGURES, machine_name, target_rows
+from crosslm.bench.results import FIGURES, QUALITY_HEADER, _quality_tables, machine_name, target_rows
 from crosslm.bench.runner import cell_status, estimates
 from crosslm.bench.share import shared_round_zero
 from crosslm.bench.spec import expand, load_spec
@@ -576,3 +576,10 @@ def test_a_stopped_cell_keeps_the_time_it_ran_and_resumes(workspace, stop):
     assert _invoke("bench", "spec.yaml").exit_code == 0
     assert (cell / "summary.json").is_file()
     assert json.loads((cell / "bench.json").read_text())["seconds"] > stopped
+
+
+def test_the_quality_table_appears_only_for_rows_with_its_figures():
+    row = {"task": "sst2", "setting": "s", "method": "m", "seeds": [0, 1]} | dict.fromkeys(QUALITY_HEADER)
+    assert _quality_tables([row]) == []  # results from before the meter keep their tables
+    table = _quality_tables([row | {"collapsed_clients": 2, "oracle_fidelity_accepted": 0.875}, row])
+    assert table[-1] == "| sst2 | s | m | 0,1 | 2 | - | 87.5 | - | - | - | - |" and len(table) == 8

@@ -110,8 +110,10 @@ def _fmt(key: str, value: float | None, std: float | None = None) -> str:
         return "-"
     if key == "wikitext2_ppl":
         return f"{value:.2f}"
-    if key in ("bytes_per_client_per_round", "seconds_mean"):
+    if key in ("bytes_per_client_per_round", "seconds_mean", "collapsed_clients"):
         return f"{value:,.0f}"
+    if key.startswith("closeness"):
+        return f"{value:.3f}"
     return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
@@ -147,6 +149,29 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[str]) -> list[
             *(f"| {' | '.join(row)} |" for row in rows)]
 
 
+QUALITY_HEADER = {"collapsed_clients": "collapsed SLMs (all seeds)",
+                  "oracle_fidelity_generated": "oracle fidelity, generated",
+                  "oracle_fidelity_accepted": "oracle fidelity, accepted", "distinct_2": "distinct-2",
+                  "judge_accuracy_mean": "judge acc. vs oracle", "closeness_generated": "Fréchet, generated",
+                  "closeness_accepted": "Fréchet, accepted"}
+
+
+def _quality_tables(rows: list[dict]) -> list[str]:
+    """The rows with data-quality figures or a count of collapsed SLMs, when any has them (runs from
+    before either existed have neither, so older results keep their tables)."""
+    shown = [r for r in rows if any(r.get(key) is not None for key in QUALITY_HEADER)]
+    if not shown:
+        return []
+    header = ["task", "setting", "method", "seeds", *QUALITY_HEADER.values()]
+    table = [[r["task"], r["setting"], r["method"], ",".join(map(str, r["seeds"])),
+              *(_fmt(key, r.get(key)) for key in QUALITY_HEADER)] for r in shown]
+    return ["", "## Data quality and collapsed SLMs", "",
+            "Last round; fidelity: the share of samples whose intended label the oracle predicts; "
+            "Fréchet: distance of sentence embeddings to real task texts (docs/data-quality.md); "
+            "collapsed: client models with >= 95 % of their test predictions on one label.", "",
+            *_table(header, table, set(header[4:]))]
+
+
 def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[Cell],
              plots: dict[tuple[str, str], list[Path]], command: str, wall_seconds: float,
              results: Path) -> str:
@@ -168,6 +193,7 @@ def markdown(name: str, rows: list[dict], kinds: dict[str, str], skipped: list[C
              _fmt("arc_easy_acc", r["arc_easy_acc"]),
              _fmt("bytes_per_client_per_round", r["bytes_per_client_per_round"]),
              _fmt("seconds_mean", r["seconds_mean"])] for r in rows if r["task"] == task], set(header[3:]))]
+    lines += _quality_tables(rows)
     targets = target_rows(rows, kinds)
     target_header = ["task", "setting", "method", "target", "seeds", "value", "reference", "status"]
     lines += ["", "## Targets", "",
