@@ -261,13 +261,15 @@ def test_bench_stores_each_cell_as_a_run_directory_and_aggregates(workspace):
     assert rows["zero-shot"]["wikitext2_ppl"] > 0
     markdown = (workspace / "out" / "matrix.md").read_text()
     assert "## sst2" in markdown and "| tiny | dpo | 0,1 |" in markdown
-    targets = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| sst2 | tiny | ")]
+    targets = [line.split(" | ") for line in markdown.split("## Targets")[1].splitlines()
+               if line.startswith("| sst2 | tiny | ")]
     status = {(row[2], row[3]): row[7].rstrip(" |") for row in targets}
     assert len(status) == 10  # 5 targets for each crosslm method
     assert status[("sft", "SLM acc >= local-only + 3 pts")] in ("met", "MISSED")
     assert status[("dpo", "LLM acc >= llm-zero-shot + 15 pts")] in ("met", "MISSED")
     assert status[("dpo", "SLM acc > synthetic-no-feedback")] == "n/a"
     assert "command: `crosslm bench spec.yaml`" in markdown and "cores, torch" in markdown
+    assert "| sst2 | tiny | local | 0,1 | " in markdown.split("## Data quality and collapsed SLMs")[1]
     for kind in ("accuracy", "synthetic", "communication"):
         assert (workspace / "out" / "plots" / f"sst2-tiny-{kind}.png").stat().st_size > 0
         assert f"plots/sst2-tiny-{kind}.png" in markdown
