@@ -11,6 +11,7 @@ on the silos' real data.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 
@@ -102,7 +103,7 @@ class CentralizedLLMLoop(RoundLoop):
     """
 
     def __init__(self, config: ExperimentConfig, server: Server, run: RunDir, *, pooled: list[Example],
-                 llm_test: list[Example], data_dir, progress: Progress) -> None:
+                 llm_test: list[Example], data_dir: Path | None, progress: Progress) -> None:
         super().__init__(config, server, None, run, llm_test=llm_test, data_dir=data_dir, progress=progress)
         labels = server.task.num_labels
         one_hot = lambda label: [float(y == label) for y in range(labels)]  # noqa: E731

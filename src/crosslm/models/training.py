@@ -68,7 +68,7 @@ def accuracy(classifier: TextClassifier, examples: list[Example], batch_size: in
 
 
 def prediction_figures(classifier: TextClassifier, examples: list[Example], batch_size: int = 64
-                 ) -> tuple[float, float]:
+                       ) -> tuple[float, float]:
     """(accuracy, majority share): the share of predictions on the most predicted label, which
     is at least 0.95 for a collapsed model that predicts one label for (almost) everything."""
     predicted, labels = _predicted_and_true(classifier, examples, batch_size)
