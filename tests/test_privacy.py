@@ -120,14 +120,15 @@ def test_per_example_clipping_bounds_the_update(slm_dir, task, monkeypatch):
     assert update_norm(1e6) > 1e-2  # the same step without effective clipping
 
 
-def test_only_parameters_without_per_example_gradients_are_frozen(slm_dir, tiny_encoder_dir, task):
+def test_word_embeddings_and_parameters_without_per_example_gradients_are_frozen(slm_dir, tiny_encoder_dir, task):
     classifier = build_classifier(str(slm_dir), task, 2, seed=0)
     names = {id(p): name for name, p in classifier.named_parameters()}
     trainable = classifier.trainable_parameters()
     with dp_training._frozen_without_per_example_grads(classifier, dp_training.PROBE) as params:
         frozen = {names[id(p)] for p in trainable} - {names[id(p)] for p in params}
-    expected = ({"encoder.embeddings.position_embeddings.weight", "encoder.pooler.dense.weight",
-                 "encoder.pooler.dense.bias"} if slm_dir == tiny_encoder_dir else set())
+    expected = ({"encoder.embeddings.word_embeddings.weight", "encoder.embeddings.position_embeddings.weight",
+                 "encoder.pooler.dense.weight", "encoder.pooler.dense.bias"}
+                if slm_dir == tiny_encoder_dir else set())
     assert frozen == expected
     assert all(p.requires_grad for p in trainable)
 
