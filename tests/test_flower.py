@@ -323,6 +323,9 @@ def engine_runs(tmp_path_factory, shared_data, tiny_causal_dir) -> Runs:
     runs = Runs(root, root / "in-process", root / "flower-sim", root / "wire", canaries)
     config = _config(root / "config.yaml", tiny_causal_dir, [tiny_causal_dir], runs.in_process,
                      runs.rounds, data_dir=root / "data")
+    # realism feedback: the replies carry vote counts of the private examples besides the scores
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump(raw | {"feedback": raw["feedback"] | {"strategy": "realism-sft"}}))
     runner = CliRunner()
     torch.manual_seed(1234)
     result = runner.invoke(app, ["run", str(config)], catch_exceptions=False)
@@ -368,6 +371,8 @@ def test_simulation_matches_in_process(engine_runs):
                    for run in (engine_runs.in_process, engine_runs.simulation)]
         accepted = [[(s["text"], s["label"]) for s in rows if s["accepted"]] for rows in samples]
         assert accepted[0] and accepted[0] == accepted[1]
+        votes = [[s["votes"] for s in rows] for rows in samples]
+        assert sum(votes[0]) == 2 * 24 and votes[0] == votes[1]
     traffic = [[m["bytes"] for m in _jsonl(run / "metrics.jsonl") if m["phase"] == "communication"]
                for run in (engine_runs.in_process, engine_runs.simulation)]
     # The same encoding is counted whichever runtime carries it: what the server sends is identical,

@@ -457,9 +457,10 @@ BAD = {0: ["a warm and charming film .", "great music and a fine cast ."],
 def feedback_samples() -> list[ScoredSample]:
     samples = []
     for label in (0, 1):
-        for text, quality in zip(GOOD[label] + BAD[label], [0.9, 0.8, 0.2, 0.1], strict=True):
+        for text, quality, votes in zip(GOOD[label] + BAD[label], [0.9, 0.8, 0.2, 0.1], [3, 1, 2, 0],
+                                        strict=True):
             soft = [quality, 1 - quality] if label == 0 else [1 - quality, quality]
-            samples.append(ScoredSample(text, label, quality, soft, 0.1))
+            samples.append(ScoredSample(text, label, quality, soft, 0.1, votes=votes))
     return samples
 
 
@@ -469,7 +470,7 @@ def generator_logprobs(llm: ServerLLM, task: TaskSpec, label: int, texts: list[s
         return llm.completion_logprobs(task.generation_prompt(label, []), texts, "\n")
 
 
-@pytest.mark.parametrize("strategy", ["filtered-sft", "reward-weighted", "dpo"])
+@pytest.mark.parametrize("strategy", ["filtered-sft", "reward-weighted", "dpo", "realism-sft"])
 def test_improve_generator_trains_only_the_generator(llm, task, strategy):
     base = clone_state({n: p for n, p in llm.model.named_parameters() if "lora_" not in n})
     generator_state = clone_state(llm.generator.state())
@@ -477,7 +478,8 @@ def test_improve_generator_trains_only_the_generator(llm, task, strategy):
     config = FeedbackConfig(strategy=strategy, threshold=0.5,
                             training=TrainConfig(lr=1e-3, epochs=1, batch_size=4))
     metrics = improve_generator(llm, feedback_samples(), task, config, seed=0)
-    expected_samples = 4 if strategy == "filtered-sft" else 8
+    # realism-sft: the voted samples whose label the judges rank first (a voted flip is left out)
+    expected_samples = 4 if strategy in ("filtered-sft", "realism-sft") else 8
     assert metrics["generator_samples"] == expected_samples
     assert metrics["generator_steps"] >= 2
     assert metrics["generator_loss"] == metrics["generator_loss"]  # not NaN

@@ -120,7 +120,7 @@ def test_per_example_clipping_bounds_the_update(slm_dir, task, monkeypatch):
     assert update_norm(1e6) > 1e-2  # the same step without effective clipping
 
 
-def test_word_embeddings_and_parameters_without_per_example_gradients_are_frozen(slm_dir, tiny_encoder_dir, task):
+def test_word_embeddings_and_params_without_per_example_grads_are_frozen(slm_dir, tiny_encoder_dir, task):
     classifier = build_classifier(str(slm_dir), task, 2, seed=0)
     names = {id(p): name for name, p in classifier.named_parameters()}
     trainable = classifier.trainable_parameters()
@@ -161,7 +161,9 @@ def test_dp_client_reports_epsilon_and_no_private_statistic(slm_dir, task, tmp_p
     expected0 = accounting.epsilon([Phase(0.25, 8)], 1.0, 1e-5)
     assert fit0.metrics["epsilon"] == pytest.approx(expected0)
     score = client().score(ScoreIns(1, SYNTHETIC_R1))
-    assert score.num_examples == 0 and math.isnan(score.val_accuracy)
+    assert score.num_examples == 0 and math.isnan(score.val_accuracy) and score.votes == []
+    with pytest.raises(CrossLMError, match="does not vote"):  # vote counts are outside the guarantee
+        client().score(ScoreIns(1, SYNTHETIC_R1, votes=True))
     fit1 = client().fit(FitIns(1, SYNTHETIC_R1, [1, 0, 1], [[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]]))
     expected1 = accounting.epsilon([Phase(0.25, 8), Phase(0.25, 4)], 1.0, 1e-5)
     assert fit1.metrics["epsilon"] == pytest.approx(expected1) and expected1 > expected0

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from crosslm.config import ClientsConfig, TrainConfig
+from crosslm.errors import CrossLMError
 from crosslm.models.classifier import TextClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, label_balanced, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
@@ -31,6 +32,7 @@ from crosslm.protocol import (
     unpack_weights,
 )
 from crosslm.rundir import write_atomic
+from crosslm.strategies.realism import nearest_votes
 from crosslm.tasks.partition import ClientData
 from crosslm.tasks.spec import Example, TaskSpec
 
@@ -208,9 +210,16 @@ class Client:
         the constant lean that a label-skewed silo gives it: on SST-2 with Dirichlet(1)
         silos, raw scores put every text on the majority label, no text of the other label
         reached the selection threshold, and the label-balanced S4 accepted nothing.
+        With ``ins.votes``, each private example also votes for its nearest text
+        (``crosslm.strategies.realism``).
         """
         started = time.perf_counter()
+        if ins.votes and self.privacy is not None:
+            raise CrossLMError("a DP client does not vote: a vote count is a statistic of its private "
+                               "data outside the DP guarantee (docs/privacy.md)")
         classifier = self._model_after(ins.round - 1)
+        votes = (nearest_votes(private=classifier.embed([e.text for e in self.data.train]),
+                               synthetic=classifier.embed(ins.texts)) if ins.votes else [])
         probs = classifier.predict_proba(ins.texts)
         probs = probs / probs.mean(0)
         probs = probs / probs.sum(-1, keepdim=True)
@@ -218,4 +227,4 @@ class Client:
         num_examples = len(self.data.train) if self.privacy is None else 0
         return ScoreRes(ins.round, [[round(float(p), 5) for p in row] for row in probs],
                         num_examples, self._rounds()[scorer_round]["val_accuracy"],
-                        round(time.perf_counter() - started, 3))
+                        round(time.perf_counter() - started, 3), votes)

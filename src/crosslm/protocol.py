@@ -2,7 +2,8 @@
 
 Communication is counted as the bytes of this encoding, whichever runtime
 carries it. Nothing here can hold private text: clients send back only label
-distributions and aggregate metrics (and, in the FedAvg baseline, weights).
+distributions, aggregate metrics, with realism feedback one vote count per
+synthetic text (and, in the FedAvg baseline, weights).
 """
 
 from __future__ import annotations
@@ -41,21 +42,25 @@ class FitRes:
 
 @dataclass(frozen=True)
 class ScoreIns:
-    """C2: the synthetic texts to judge (their intended labels stay on the server)."""
+    """C2: the synthetic texts to judge (their intended labels stay on the server), and whether
+    each private example should also vote for its nearest text (realism feedback)."""
 
     round: int
     texts: list[str]
+    votes: bool = False
 
 
 @dataclass(frozen=True)
 class ScoreRes:
-    """C floats per text, plus what the server may weight this client by."""
+    """C floats per text, plus what the server may weight this client by; votes if asked (one
+    count per text, summing to the private examples)."""
 
     round: int
     probs: list[list[float]]
     num_examples: int
     val_accuracy: float
     seconds: float = 0.0  # the client's compute: what a runtime adds on top is its overhead
+    votes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from crosslm.reporting.summary import summarise
 from crosslm.rundir import RunDir
 from crosslm.runtime.base import Federation
 from crosslm.server import Server
+from crosslm.strategies.realism import wants_votes
 from crosslm.tasks.data import DataUnavailable
 from crosslm.tasks.spec import Example
 
@@ -172,8 +173,9 @@ class RoundLoop:
     def _judge(self, candidates: list) -> tuple[list, list]:
         """C2 to S4: the SLMs score, the generator learns from it, the best are accepted."""
         with self.phase("C2-score") as record:
-            replies = self._send({cid: ScoreIns(self.round, [c.text for c in candidates])
-                                  for cid in self.federation.client_ids()}, "score")
+            ask = ScoreIns(self.round, [c.text for c in candidates],
+                           votes=wants_votes(self.config.feedback.strategy))
+            replies = self._send({cid: ask for cid in self.federation.client_ids()}, "score")
             record["client_seconds"] = {cid: r.seconds for cid, r in replies.items()}
         with self.phase("S2-aggregate") as record:
             scored = self.server.aggregate(candidates, replies)

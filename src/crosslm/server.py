@@ -15,6 +15,7 @@ from crosslm.models.training import TrainItem, train_classifier
 from crosslm.protocol import ScoreRes
 from crosslm.strategies.aggregation import aggregate
 from crosslm.strategies.feedback import improve_generator
+from crosslm.strategies.realism import realism_rank, wants_votes
 from crosslm.strategies.selection import select
 from crosslm.synthetic import Candidate, ScoredSample, clean
 from crosslm.tasks.spec import TaskSpec
@@ -75,13 +76,15 @@ class Server:
                                  self.config.seed + round_, optimizer_kind=self.config.server.optimizer)
 
     def select(self, scored: list[ScoredSample]) -> list[ScoredSample]:
-        """S4, and the in-context feedback for the next round's prompts."""
+        """S4, and the in-context feedback for the next round's prompts: the best accepted samples
+        (most voted for, with realism feedback)."""
         sel = self.config.selection
         accepted = select(scored, self.task.num_labels, sel.threshold, sel.top_fraction,
                           sel.balance)
         keep = self.config.feedback.demonstrations_from_feedback
+        rank = realism_rank if wants_votes(self.config.feedback.strategy) else (lambda s: -s.quality)
         for label in range(self.task.num_labels):
-            best = sorted((s for s in accepted if s.label == label), key=lambda s: -s.quality)
+            best = sorted((s for s in accepted if s.label == label), key=rank)
             if best:
                 self.feedback_demos[label] = [s.text for s in best[:keep]]
         return accepted

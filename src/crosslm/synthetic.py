@@ -16,13 +16,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ScoredSample:
-    """A candidate after S2: quality q = sum_k w_k p_k(label | text), soft label, disagreement."""
+    """A candidate after S2: quality q = sum_k w_k p_k(label | text), soft label, disagreement,
+    and (realism feedback) how many private examples, over all clients, have it as nearest text."""
 
     text: str
     label: int
     quality: float
     soft_label: list[float]
     disagreement: float
+    votes: int = 0
     client_probs: dict[str, list[float]] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors.torch import load_file, save_file
@@ -56,21 +57,38 @@ class TextClassifier(nn.Module):
     def load(self, path: Path) -> None:
         self.load_trainable_state(load_file(str(path)))
 
+    def pooled(self, texts: list[str]) -> torch.Tensor:
+        """One vector per text: what the label logits are computed from."""
+        raise NotImplementedError
+
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Label distributions in the order of ``texts``.
+        """Label distributions in the order of ``texts``."""
+        return self._in_length_order(texts, batch_size,
+                                     lambda batch: torch.softmax(self.label_logits(batch).float(), dim=-1))
 
-        Batches are formed from texts of similar length, since every text in a batch is
-        padded to its longest: in input order a third of SST-2's tokens were padding.
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Unit-length sentence embeddings in the order of ``texts`` (the realism votes' space)."""
+        return self._in_length_order(texts, batch_size,
+                                     lambda batch: F.normalize(self.pooled(batch).float(), dim=-1))
+
+    def _in_length_order(self, texts: list[str], batch_size: int, compute) -> torch.Tensor:
+        """``compute`` on batches of texts of similar length, rows returned in input order.
+
+        Every text in a batch is padded to its longest: in input order a third of
+        SST-2's tokens were padding.
         """
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        probs = torch.empty(len(texts), self.num_labels)
+        rows: torch.Tensor | None = None
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            logits = self.label_logits([texts[i] for i in rows]).float()
-            probs[rows] = torch.softmax(logits, dim=-1).cpu()
-        return probs
+            chosen = order[start:start + batch_size]
+            values = compute([texts[i] for i in chosen]).cpu()
+            if rows is None:
+                rows = torch.empty(len(texts), values.shape[-1])
+            rows[chosen] = values
+        return rows if rows is not None else torch.empty(0, self.num_labels)
 
 
 class EncoderClassifier(TextClassifier):
@@ -83,12 +101,15 @@ class EncoderClassifier(TextClassifier):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels).to(input_device(encoder))
 
     def label_logits(self, texts: list[str]) -> torch.Tensor:
+        return self.head(self.pooled(texts))
+
+    def pooled(self, texts: list[str]) -> torch.Tensor:
+        """The mean of the last hidden states over each text's tokens."""
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length).to(input_device(self.encoder))
         hidden = self.encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         mask = enc.attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
-        pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(pooled)
+        return (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.state_dict()
@@ -189,6 +210,14 @@ class VerbalizerClassifier(TextClassifier):
         out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                          logits_to_keep=1)
         return out.logits[:, -1, self.label_token_ids]
+
+    def pooled(self, texts: list[str]) -> torch.Tensor:
+        """The last layer's hidden state where the label is predicted (the prompt's last token)."""
+        self.model.set_adapter(self.adapter)
+        enc = self.encode(texts)
+        out = self.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                         logits_to_keep=1, output_hidden_states=True)
+        return out.hidden_states[-1][:, -1]
 
     def encode(self, texts: list[str]):
         """The classification prompts, tokenised and left-padded, on the model's input device."""

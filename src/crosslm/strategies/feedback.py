@@ -8,6 +8,9 @@ few-shot prompt of that label:
 - ``reward-weighted``: language-model loss on every sample, weighted by q_j.
 - ``dpo``: per label, pair the best-scored with the worst-scored samples; DPO
   loss against the base model (adapters off) as the reference.
+- ``realism-sft``: language-model loss on the samples most voted for by the
+  clients' private examples (``crosslm.strategies.realism``) among those whose
+  intended label the judges rank first.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from crosslm.config import FeedbackConfig
+from crosslm.config import TOP_LABEL, FeedbackConfig
 from crosslm.models.llm import GENERATOR, ServerLLM
 from crosslm.models.training import make_optimizer
+from crosslm.strategies.realism import realism_rank, wants_votes
+from crosslm.strategies.selection import acceptable
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.spec import TaskSpec
 
@@ -47,13 +52,13 @@ def _dpo_loss(llm: ServerLLM, prompt: str, batch: Batch, stop: str, beta: float)
     return -F.logsigmoid(beta * margin).mean()
 
 
-def _dpo_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random
-                 ) -> list[tuple[int, Batch]]:
+def _dpo_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random,
+                 rank: Callable[[ScoredSample], object]) -> list[tuple[int, Batch]]:
     batches = []
     for label, samples in by_label.items():
-        ranked = sorted(samples, key=lambda s: -s.quality)
+        ranked = sorted(samples, key=rank)
         pairs = [(c, r) for c, r in zip(ranked[:len(ranked) // 2], ranked[::-1], strict=False)
-                 if c.quality > r.quality][:cap // 2]
+                 if rank(c) < rank(r)][:cap // 2]
         rng.shuffle(pairs)
         for start in range(0, len(pairs), max(1, batch_size // 2)):
             chunk = pairs[start:start + max(1, batch_size // 2)]
@@ -61,11 +66,11 @@ def _dpo_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: ran
     return batches
 
 
-def _plain_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random
-                   ) -> list[tuple[int, Batch]]:
+def _plain_batches(by_label: dict[int, Batch], batch_size: int, cap: int, rng: random.Random,
+                   rank: Callable[[ScoredSample], object]) -> list[tuple[int, Batch]]:
     batches = []
     for label, samples in by_label.items():
-        best = sorted(samples, key=lambda s: -s.quality)[:cap]
+        best = sorted(samples, key=rank)[:cap]
         order = rng.sample(best, len(best))
         batches += [(label, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     return batches
@@ -80,6 +85,9 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     stop = "\n"
     if config.strategy == "filtered-sft":
         samples = [s for s in samples if s.quality >= config.threshold]
+    if wants_votes(config.strategy):
+        samples = [s for s in samples if s.votes > 0 and acceptable(s, TOP_LABEL)]
+    rank = realism_rank if wants_votes(config.strategy) else (lambda s: -s.quality)
     by_label = {y: [s for s in samples if s.label == y] for y in range(task.num_labels)}
     by_label = {y: group for y, group in by_label.items() if group}
     rng = random.Random(seed)
@@ -89,6 +97,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
         "filtered-sft": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=False),
         "reward-weighted": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=True),
         "dpo": lambda m, p, b: _dpo_loss(m, p, b, stop, config.dpo_beta),
+        "realism-sft": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=False),
     }[config.strategy]
     llm.model.set_adapter(GENERATOR)
     llm.model.train()
@@ -96,7 +105,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     losses, steps = [], 0
     for _ in range(config.training.epochs):
         for label, batch in make_batches(by_label, config.training.batch_size,
-                                         config.max_samples_per_label, rng):
+                                         config.max_samples_per_label, rng, rank):
             loss = loss_fn(llm, llm.generation_prompt(label, []), batch)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,44 @@
+"""Realism feedback: each private example votes for the synthetic text nearest to it.
+
+Label confidence tells the generator whether a text carries its label, not whether
+it reads like the task's real data. The votes do (the private-evolution signal of
+Aug-PE and POPri): in C2 a client embeds its private training texts and the batch
+with its own SLM and each private text votes for the synthetic text whose
+embedding is nearest (cosine). The server sums the votes per text; S3 trains the
+generator on the most-voted texts the judges put on their intended label, and the
+next round's demonstrations are the most-voted accepted texts.
+
+A vote count is a statistic of the private data itself, not only of the model
+trained on it: one record moves one vote. DP clients therefore refuse to vote
+(docs/privacy.md), and ``feedback.strategy`` only asks for votes with
+``realism-sft``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crosslm.synthetic import ScoredSample
+
+REALISM_STRATEGIES = ("realism-sft",)
+
+
+def wants_votes(strategy: str) -> bool:
+    """Whether ``strategy`` needs the clients' votes (what C2 asks for)."""
+    return strategy in REALISM_STRATEGIES
+
+
+def nearest_votes(private: torch.Tensor, synthetic: torch.Tensor) -> list[int]:
+    """votes[j]: how many rows of ``private`` have row j of ``synthetic`` as their nearest.
+
+    Both are unit-length embeddings ([n, d] and [m, d]); each private row votes once.
+    """
+    if len(synthetic) == 0:
+        return []
+    nearest = (private @ synthetic.T).argmax(dim=1)
+    return torch.bincount(nearest, minlength=len(synthetic)).tolist()
+
+
+def realism_rank(sample: ScoredSample) -> tuple[int, float]:
+    """Sort key, best first: most votes, then the judges' confidence in the intended label."""
+    return -sample.votes, -sample.quality
