@@ -129,7 +129,8 @@ class GenerationConfig(_Section):
     top_p: float = Field(default=0.95, gt=0, le=1, description="nucleus sampling: the likeliest tokens "
                                                                "whose probabilities sum to this")
     batch_size: int = Field(default=32, ge=1, description="prompts sampled together (memory vs speed; "
-                                                          "does not change the texts)")
+                                                          "changes which random draws a text gets, not "
+                                                          "their distribution)")
     min_words: int = Field(default=3, ge=1, description="shorter texts are dropped as degenerate")
     prompt_format: Literal["completion", "chat"] = Field(
         default="completion", description="completion: few-shot text for a base LLM; chat: S1 and the LLM's "

@@ -57,6 +57,7 @@ def aggregate(cells: list[Cell], results: Path) -> list[dict]:
                    for c, s, record in zip(group, summaries, records, strict=True)}
         rows.append({
             "task": task, "setting": setting, "method": method, "seeds": [c.seed for c in group],
+            "examples_per_client": group[0].config.clients.examples_per_client,
             "slm_acc_mean": stats["slm_acc"][0], "slm_acc_std": stats["slm_acc"][1],
             "llm_acc_mean": stats["llm_acc"][0], "llm_acc_std": stats["llm_acc"][1],
             "wikitext2_ppl": stats["wikitext2_ppl"][0], "arc_easy_acc": stats["arc_easy_acc"][0],
