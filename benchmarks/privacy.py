@@ -6,8 +6,9 @@ run of the config with ``privacy.target_epsilon`` set (noise planned to spend at
 over round 0 and all rounds) and ``audit.canaries`` planted in client-0, then
 ``crosslm audit`` on it (the server's loss attack through the ordinary score path).
 General ability (WikiText-2, ARC-Easy) is not measured: DP changes only the clients.
-DP clients train round 0 for a fixed ``DP_LOCAL_EPOCHS`` (they cannot early-stop on
-private validation data); the non-private run keeps the default early stopping.
+DP clients train with ``privacy.local_training`` and ``privacy.round_training`` (their
+defaults: a DP head needs a larger step and batch than fine-tuning); the non-private run
+keeps the clients' own budgets and early stopping.
 Writes ``privacy.json`` (one row per setting and ε), ``privacy.md`` (the table) and
 ``plots/privacy-utility.png`` into ``--results``, again after every finished run, and
 keeps each run's figures in ``--results``/privacy-cells/ so a checkout can continue. From
@@ -43,10 +44,6 @@ NON_PRIVATE = "none"
 
 SETTINGS = {"homogeneous": "clients.slm=[minilm-l6]",
             "heterogeneous": "clients.slm=[minilm-l6,minilm-l6,smollm2-135m,smollm2-135m]"}
-# The non-private run's clients early-stopped at their best validation epoch 2-3 (of 5-6 run;
-# one silo with a one-label validation split ran all 20): DP clients, which cannot early-stop,
-# take 5 epochs instead of the 20 that plain training uses as an upper bound.
-DP_LOCAL_EPOCHS = 5
 CELL_KEYS = ("slm_acc", "llm_acc", "epsilon_spent_max", "round_seconds_median", "mia_auc",
              "mia_tpr_at_1pct_fpr")
 
@@ -64,8 +61,7 @@ def run_cell(config: Path | None, overrides: list[str], cell: tuple[str, str, in
         return json.loads(record.read_text(encoding="utf-8"))
     out = root / setting / _privacy_name(epsilon) / f"seed-{seed}"
     private = ([] if epsilon == NON_PRIVATE
-               else [f"privacy.target_epsilon={epsilon}", f"privacy.delta={delta}",
-                     f"clients.local_training.epochs={DP_LOCAL_EPOCHS}"])
+               else [f"privacy.target_epsilon={epsilon}", f"privacy.delta={delta}"])
     cfg = load_config(config, [SETTINGS[setting], "evaluation.general_ability=false", *overrides, *private,
                                f"seed={seed}", f"audit.canaries={canaries}", f"output_dir={out}"])
     run_experiment(cfg, "overwrite", progress=lambda message: print(f"[{out}] {message}", flush=True))

@@ -141,14 +141,14 @@ class Client:
         private = self._private_items()
         if ins.round == 0:
             classifier = self._model_after(None)
-            budget, validation, accepted = self.config.local_training, self.data.validation, []
+            budget, validation, accepted = self._budget(0), self.data.validation, []
         else:
             rows = [{"text": t, "label": y, "soft_label": s}
                     for t, y, s in zip(ins.texts, ins.labels, ins.soft_labels, strict=True)]
             write_atomic(self.state_dir / f"accepted-r{ins.round}.jsonl",
                          "".join(json.dumps(r) + "\n" for r in rows))
             classifier = self._model_after(ins.round - 1)
-            budget, validation = self.config.round_training, None
+            budget, validation = self._budget(ins.round), None
             accepted = self._accepted_items(ins.round)
         self._classifier_round = -1  # mid-training weights match no saved round
         if self.privacy is None:
@@ -171,6 +171,11 @@ class Client:
         num_examples = len(self.data.train) if self.privacy is None else 0  # a count is private too
         return FitRes(ins.round, num_examples, metrics["val_accuracy"], test_acc,
                       {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+
+    def _budget(self, round_: int) -> TrainConfig:
+        """Round 0's or a later round's C1 budget; a DP plan brings its own (docs/privacy.md)."""
+        source = self.privacy if self.privacy is not None else self.config
+        return source.local_training if round_ == 0 else source.round_training
 
     def _fit_private(self, classifier: TextClassifier, private: list[TrainItem], accepted: list[TrainItem],
                      budget: TrainConfig, round_: int) -> dict[str, float]:

@@ -233,6 +233,13 @@ class EvaluationConfig(_Section):
                                          "Fréchet distance compares")
 
 
+# DP-SGD trains few parameters (an encoder's head, a causal SLM's LoRA): a larger step and batch
+# than fine-tuning; on held-out SST-2 training texts a DP head on MiniLM reached 69 % at ε = 8 with
+# these, a DP fine-tune of the whole encoder stayed at chance (docs/privacy.md)
+DP_LOCAL_TRAINING = TrainConfig(lr=1e-2, epochs=20, batch_size=64)
+DP_ROUND_TRAINING = TrainConfig(lr=1e-2, epochs=1, batch_size=64)
+
+
 class PrivacyConfig(_Section):
     """DP-SGD at every client (docs/privacy.md): per-example clipping and Gaussian noise, accounted."""
 
@@ -247,6 +254,12 @@ class PrivacyConfig(_Section):
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clipping norm")
     accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Opacus accountant that composes "
                                                                          "the steps into ε")
+    local_training: TrainConfig = Field(
+        default=DP_LOCAL_TRAINING, description="round 0 under DP, in place of clients.local_training (no "
+                                               "early stopping: every epoch is trained and accounted)")
+    round_training: TrainConfig = Field(default=DP_ROUND_TRAINING,
+                                        description="rounds 1..R (C1) under DP, in place of "
+                                                    "clients.round_training")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> PrivacyConfig:

@@ -50,6 +50,11 @@ class TextClassifier(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def dp_parameters(self) -> list[nn.Parameter]:
+        """What DP-SGD trains (crosslm.privacy.dp_training): as few coordinates as learn the task,
+        since the noise grows with their number and the clipped signal does not."""
+        return self.trainable_parameters()
+
     def save(self, path: Path) -> None:
         state = {k: v.detach().contiguous() for k, v in self.trainable_state().items()}
         save_file(state, str(path))
@@ -113,6 +118,11 @@ class EncoderClassifier(TextClassifier):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.state_dict()
+
+    def dp_parameters(self) -> list[nn.Parameter]:
+        """The head only: a linear probe on the frozen encoder (770 coordinates for MiniLM on two
+        labels, against 11M in its layers)."""
+        return list(self.head.parameters())
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from opacus.accountants import create_accountant
 
-from crosslm.config import ExperimentConfig, PrivacyConfig, TrainConfig
+from crosslm.config import DP_LOCAL_TRAINING, DP_ROUND_TRAINING, ExperimentConfig, PrivacyConfig, TrainConfig
 from crosslm.errors import CrossLMError
 from crosslm.rundir import write_atomic
 
@@ -42,6 +42,8 @@ class DPPlan:
     delta: float
     accountant: str
     planned_epsilon: float
+    local_training: TrainConfig = field(default_factory=lambda: DP_LOCAL_TRAINING)  # round 0
+    round_training: TrainConfig = field(default_factory=lambda: DP_ROUND_TRAINING)  # every later C1
 
 
 def sample_rate(batch_size: int, n_private: int) -> float:
@@ -60,8 +62,8 @@ def training_phase(budget: TrainConfig, n_private: int) -> Phase:
 
 
 def planned_phases(config: ExperimentConfig, n_private: int) -> list[Phase]:
-    """Round 0 (all ``local_training`` epochs: no early stopping under DP) and every later C1."""
-    c = config.clients
+    """Round 0 (all ``privacy.local_training`` epochs: no early stopping under DP) and every later C1."""
+    c = config.privacy
     round_zero = training_phase(c.local_training, n_private)
     later = training_phase(c.round_training, n_private)
     return [round_zero] + ([Phase(later.sample_rate, later.steps * config.rounds)] if config.rounds else [])
@@ -124,7 +126,7 @@ def plan(config: ExperimentConfig, n_private: int, client: str = "a client") -> 
             f"and {config.rounds} rounds at noise multiplier {sigma}, above privacy.target_epsilon "
             f"{p.target_epsilon}: raise the noise, lower rounds or epochs, or leave noise_multiplier "
             "unset so it is planned")
-    return DPPlan(sigma, p.max_grad_norm, p.delta, p.accountant, planned)
+    return DPPlan(sigma, p.max_grad_norm, p.delta, p.accountant, planned, p.local_training, p.round_training)
 
 
 class PrivacyLedger:
