@@ -69,17 +69,18 @@ class TextClassifier(nn.Module):
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         """Label distributions in the order of ``texts``."""
-        return self._in_length_order(texts, batch_size,
+        return self._in_length_order(texts, batch_size, self.num_labels,
                                      lambda batch: torch.softmax(self.label_logits(batch).float(), dim=-1))
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         """Unit-length sentence embeddings in the order of ``texts`` (the realism votes' space)."""
-        return self._in_length_order(texts, batch_size,
+        return self._in_length_order(texts, batch_size, 0,
                                      lambda batch: F.normalize(self.pooled(batch).float(), dim=-1))
 
-    def _in_length_order(self, texts: list[str], batch_size: int, compute) -> torch.Tensor:
-        """``compute`` on batches of texts of similar length, rows returned in input order.
+    def _in_length_order(self, texts: list[str], batch_size: int, empty_width: int, compute) -> torch.Tensor:
+        """``compute`` on batches of texts of similar length, rows returned in input order
+        (``[0, empty_width]`` for no texts).
 
         Every text in a batch is padded to its longest: in input order a third of
         SST-2's tokens were padding.
@@ -93,7 +94,7 @@ class TextClassifier(nn.Module):
             if rows is None:
                 rows = torch.empty(len(texts), values.shape[-1])
             rows[chosen] = values
-        return rows if rows is not None else torch.empty(0, self.num_labels)
+        return rows if rows is not None else torch.empty(0, empty_width)
 
 
 class EncoderClassifier(TextClassifier):
