@@ -15,7 +15,7 @@ from crosslm.models.training import TrainItem, train_classifier
 from crosslm.protocol import ScoreRes
 from crosslm.strategies.aggregation import aggregate
 from crosslm.strategies.feedback import improve_generator
-from crosslm.strategies.realism import realism_rank, wants_votes
+from crosslm.strategies.realism import sample_rank
 from crosslm.strategies.selection import select
 from crosslm.synthetic import Candidate, ScoredSample, clean
 from crosslm.tasks.spec import TaskSpec
@@ -82,7 +82,7 @@ class Server:
         accepted = select(scored, self.task.num_labels, sel.threshold, sel.top_fraction,
                           sel.balance)
         keep = self.config.feedback.demonstrations_from_feedback
-        rank = realism_rank if wants_votes(self.config.feedback.strategy) else (lambda s: -s.quality)
+        rank = sample_rank(self.config.feedback.strategy)
         for label in range(self.task.num_labels):
             best = sorted((s for s in accepted if s.label == label), key=rank)
             if best:

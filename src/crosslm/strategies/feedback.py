@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from crosslm.config import TOP_LABEL, FeedbackConfig
 from crosslm.models.llm import GENERATOR, ServerLLM
 from crosslm.models.training import make_optimizer
-from crosslm.strategies.realism import realism_rank, wants_votes
+from crosslm.strategies.realism import sample_rank, wants_votes
 from crosslm.strategies.selection import acceptable
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.spec import TaskSpec
@@ -87,7 +87,7 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
         samples = [s for s in samples if s.quality >= config.threshold]
     if wants_votes(config.strategy):
         samples = [s for s in samples if s.votes > 0 and acceptable(s, TOP_LABEL)]
-    rank = realism_rank if wants_votes(config.strategy) else (lambda s: -s.quality)
+    rank = sample_rank(config.strategy)
     by_label = {y: [s for s in samples if s.label == y] for y in range(task.num_labels)}
     by_label = {y: group for y, group in by_label.items() if group}
     rng = random.Random(seed)

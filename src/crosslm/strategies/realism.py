@@ -16,6 +16,8 @@ trained on it: one record moves one vote. DP clients therefore refuse to vote
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from crosslm.synthetic import ScoredSample
@@ -42,3 +44,8 @@ def nearest_votes(private: torch.Tensor, synthetic: torch.Tensor) -> list[int]:
 def realism_rank(sample: ScoredSample) -> tuple[int, float]:
     """Sort key, best first: most votes, then the judges' confidence in the intended label."""
     return -sample.votes, -sample.quality
+
+
+def sample_rank(strategy: str) -> Callable[[ScoredSample], object]:
+    """How ``strategy`` orders a label's samples, best first (S3's training set, the demonstrations)."""
+    return realism_rank if wants_votes(strategy) else (lambda sample: -sample.quality)
