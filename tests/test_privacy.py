@@ -22,7 +22,7 @@ from crosslm.client import Client
 from crosslm.config import ClientsConfig, ExperimentConfig, TrainConfig, check_method, load_config
 from crosslm.errors import CrossLMError
 from crosslm.models.classifier import build_classifier
-from crosslm.models.training import TrainItem
+from crosslm.models.training import TrainItem, per_example_loss
 from crosslm.privacy import accounting, dp_training
 from crosslm.privacy.accounting import DPPlan, Phase
 from crosslm.privacy.audit import roc_auc, tpr_at_fpr
@@ -150,6 +150,46 @@ def test_dp_training_mixes_public_samples_and_accounts_only_private_ones(slm_dir
     assert classifier.predict_proba(SYNTHETIC_R1).shape == (3, 2)
 
 
+def test_frozen_features_give_the_uncached_logits_and_need_a_frozen_encoder(tiny_encoder_dir, task):
+    classifier = build_classifier(str(tiny_encoder_dir), task, 2, seed=0).eval()
+    texts = [text for text, _ in FALLBACK]
+    with torch.no_grad():
+        expected = classifier.label_logits(texts)
+    with pytest.raises(CrossLMError, match="encoder still trains"), classifier.frozen_features():
+        pass
+    with dp_training._only_trained(classifier, classifier.dp_parameters()), classifier.frozen_features():
+        first = classifier.label_logits(texts[::-1]).flip(0)  # another order and padding, the same rows
+        assert len(classifier._features) == len(set(texts))
+        classifier.encoder.embeddings.word_embeddings.weight.data.zero_()  # a cache hit ignores it
+        again = classifier.label_logits(texts)
+    assert torch.allclose(first, expected, atol=1e-5) and torch.equal(again, first.detach())
+    assert classifier._features is None
+
+
+def test_public_pass_trains_only_the_dp_parameters_on_the_public_samples(slm_dir, tiny_encoder_dir, task):
+    """A head tipped by DP steps on skewed records is repaired by the accepted samples alone."""
+    classifier = build_classifier(str(slm_dir), task, 2, seed=0)
+    public = [TrainItem(text, label) for text, label in FALLBACK]
+
+    def public_loss() -> float:
+        with torch.no_grad():
+            logits = classifier.label_logits([i.text for i in public])
+            return float(per_example_loss(logits, public, 0.0).mean())
+
+    before_loss = public_loss()
+    before = {name: p.detach().clone() for name, p in classifier.named_parameters()}
+    metrics = dp_training.train_on_public(classifier, public, budget=TrainConfig(lr=5e-2, epochs=10,
+                                                                                 batch_size=4), seed=0)
+    assert metrics["public_epochs"] == 10
+    assert public_loss() < before_loss
+    changed = {name for name, p in classifier.named_parameters() if not torch.equal(before[name], p)}
+    if slm_dir == tiny_encoder_dir:
+        assert changed == {"head.weight", "head.bias"}
+    else:
+        assert changed and all("lora_" in name for name in changed)
+    assert all(p.requires_grad for p in classifier.trainable_parameters())
+
+
 def test_dp_client_reports_epsilon_and_no_private_statistic(slm_dir, task, tmp_path):
     data = ClientData([Example(i.text, i.label) for i in _items(16)], [Example(*FALLBACK[0])])
     config = ClientsConfig(slm=[str(slm_dir)], lora_rank=2,
@@ -174,6 +214,9 @@ def test_dp_client_reports_epsilon_and_no_private_statistic(slm_dir, task, tmp_p
     fit1 = client().fit(FitIns(1, SYNTHETIC_R1, [1, 0, 1], [[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]]))
     expected1 = accounting.epsilon([Phase(0.25, 8), Phase(0.25, 4)], 1.0, 1e-5)
     assert fit1.metrics["epsilon"] == pytest.approx(expected1) and expected1 > expected0
+    # round 1 also trained on the accepted samples alone, which spends no ε (round 0 had none)
+    assert fit1.metrics["public_epochs"] == plan.public_training.epochs
+    assert "public_epochs" not in fit0.metrics
     # a restarted client that runs round 1 again does not count it twice
     assert client(seed=1).fit(FitIns(1, SYNTHETIC_R1, [1, 0, 1], [[0.5, 0.5]] * 3)).metrics["epsilon"] \
         == pytest.approx(expected1)

@@ -19,7 +19,7 @@ from crosslm.errors import CrossLMError
 from crosslm.models.classifier import TextClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, label_balanced, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
-from crosslm.privacy.dp_training import train_classifier_dp
+from crosslm.privacy.dp_training import train_classifier_dp, train_on_public
 from crosslm.protocol import (
     AverageIns,
     AverageRes,
@@ -179,10 +179,14 @@ class Client:
 
     def _fit_private(self, classifier: TextClassifier, private: list[TrainItem], accepted: list[TrainItem],
                      budget: TrainConfig, round_: int) -> dict[str, float]:
-        """C1 with DP-SGD: the fixed epochs (no early stopping), ε over every round so far."""
+        """C1 with DP-SGD: the fixed epochs (no early stopping), ε over every round so far; then, in
+        later rounds, the accepted samples alone without noise (``train_on_public``)."""
         metrics, phase = train_classifier_dp(
             classifier, private, accepted, plan=self.privacy, lr=budget.lr, epochs=budget.epochs,
             batch_size=budget.batch_size, seed=self.seed + round_, distill_weight=self.config.distill_weight)
+        if round_ > 0 and accepted and self.privacy.public_training is not None:
+            metrics |= train_on_public(classifier, accepted, budget=self.privacy.public_training,
+                                       seed=self.seed + round_, distill_weight=self.config.distill_weight)
         ledger = PrivacyLedger(self.state_dir / "privacy.json", self.privacy)
         return metrics | {"epsilon": ledger.record(round_, [phase]), "delta": self.privacy.delta,
                           "noise_multiplier": self.privacy.noise_multiplier}

@@ -238,6 +238,8 @@ class EvaluationConfig(_Section):
 # these, a DP fine-tune of the whole encoder stayed at chance (docs/privacy.md)
 DP_LOCAL_TRAINING = TrainConfig(lr=1e-2, epochs=20, batch_size=64)
 DP_ROUND_TRAINING = TrainConfig(lr=1e-2, epochs=1, batch_size=64)
+# after a later round's DP steps: the same parameters on the accepted synthetic samples alone (public)
+DP_PUBLIC_TRAINING = TrainConfig(lr=1e-2, epochs=5, batch_size=32)
 
 
 class PrivacyConfig(_Section):
@@ -260,6 +262,11 @@ class PrivacyConfig(_Section):
     round_training: TrainConfig = Field(default=DP_ROUND_TRAINING,
                                         description="rounds 1..R (C1) under DP, in place of "
                                                     "clients.round_training")
+    public_training: TrainConfig | None = Field(
+        default=DP_PUBLIC_TRAINING,
+        description="rounds 1..R under DP: after the DP-SGD steps, train the same parameters on the "
+                    "accepted synthetic samples alone, without noise (public data: post-processing, "
+                    "not accounted); null: off")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> PrivacyConfig:

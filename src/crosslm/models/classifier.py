@@ -14,6 +14,7 @@ and tokenizers cooperate without any token alignment.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -54,6 +55,11 @@ class TextClassifier(nn.Module):
         """What DP-SGD trains (crosslm.privacy.dp_training): as few coordinates as learn the task,
         since the noise grows with their number and the clipped signal does not."""
         return self.trainable_parameters()
+
+    def frozen_features(self) -> AbstractContextManager[None]:
+        """A context for training ``dp_parameters`` alone, in which what they read may be computed
+        once per text and reused every epoch; by default nothing is cached."""
+        return nullcontext()
 
     def save(self, path: Path) -> None:
         state = {k: v.detach().contiguous() for k, v in self.trainable_state().items()}
@@ -105,9 +111,34 @@ class EncoderClassifier(TextClassifier):
         self.encoder, self.tokenizer, self.num_labels = encoder, tokenizer, num_labels
         self.max_length = max_length
         self.head = nn.Linear(encoder.config.hidden_size, num_labels).to(input_device(encoder))
+        self._features: dict[str, torch.Tensor] | None = None  # text -> pooled, in frozen_features
 
     def label_logits(self, texts: list[str]) -> torch.Tensor:
-        return self.head(self.pooled(texts))
+        return self.head(self.pooled(texts) if self._features is None else self._cached_pooled(texts))
+
+    @contextmanager
+    def frozen_features(self):
+        """While the head alone trains (DP-SGD, the public pass), each text's pooled vector is
+        computed once, in eval mode, and reused: round 0's 20 DP epochs encode every record once."""
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            raise CrossLMError("frozen_features: the encoder still trains, so its features change")
+        self._features = {}
+        try:
+            yield
+        finally:
+            self._features = None
+
+    def _cached_pooled(self, texts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._features))
+        if missing:
+            training = self.training
+            self.eval()
+            with torch.no_grad():
+                for start in range(0, len(missing), 64):
+                    batch = missing[start:start + 64]
+                    self._features.update(zip(batch, self.pooled(batch), strict=True))
+            self.train(training)
+        return torch.stack([self._features[t] for t in texts])
 
     def pooled(self, texts: list[str]) -> torch.Tensor:
         """The mean of the last hidden states over each text's tokens."""

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from opacus.accountants import create_accountant
 
-from crosslm.config import DP_LOCAL_TRAINING, DP_ROUND_TRAINING, ExperimentConfig, PrivacyConfig, TrainConfig
+from crosslm.config import (
+    DP_LOCAL_TRAINING,
+    DP_PUBLIC_TRAINING,
+    DP_ROUND_TRAINING,
+    ExperimentConfig,
+    PrivacyConfig,
+    TrainConfig,
+)
 from crosslm.errors import CrossLMError
 from crosslm.rundir import write_atomic
 
@@ -44,6 +51,7 @@ class DPPlan:
     planned_epsilon: float
     local_training: TrainConfig = field(default_factory=lambda: DP_LOCAL_TRAINING)  # round 0
     round_training: TrainConfig = field(default_factory=lambda: DP_ROUND_TRAINING)  # every later C1
+    public_training: TrainConfig | None = field(default_factory=lambda: DP_PUBLIC_TRAINING)  # after C1's
 
 
 def sample_rate(batch_size: int, n_private: int) -> float:
@@ -126,7 +134,8 @@ def plan(config: ExperimentConfig, n_private: int, client: str = "a client") -> 
             f"and {config.rounds} rounds at noise multiplier {sigma}, above privacy.target_epsilon "
             f"{p.target_epsilon}: raise the noise, lower rounds or epochs, or leave noise_multiplier "
             "unset so it is planned")
-    return DPPlan(sigma, p.max_grad_norm, p.delta, p.accountant, planned, p.local_training, p.round_training)
+    return DPPlan(sigma, p.max_grad_norm, p.delta, p.accountant, planned, p.local_training, p.round_training,
+                  p.public_training)
 
 
 class PrivacyLedger:

@@ -6,13 +6,21 @@ What is trained is what ``TextClassifier.dp_parameters`` names: an
 coordinate while the clipped signal is bounded, so fewer coordinates is the whole
 game: fine-tuning all of MiniLM's 11M non-embedding parameters at ε = 8 left every
 client at chance on SST-2, a DP head on the same encoder reaches 73.4 % on held-out
-training texts (docs/privacy.md). Everything else is frozen while DP-SGD runs.
+training texts (docs/privacy.md). Everything else is frozen while DP-SGD runs, so
+an encoder's pooled features are computed once per text (``frozen_features``).
 
 Sampling is Poisson, as the accountant assumes: each step includes every private
 record independently with probability q = batch_size / n_private (Opacus's
 ``UniformWithReplacementSampler``). Accepted synthetic samples are public (the
 server sent them): each step adds a fixed share of them, drawn without looking at
 private data, so they change the gradient but not the accounting.
+
+A later round's few DP steps (one expected pass over the private records) cannot
+repair a head that a label-skewed silo tipped to one label in round 0: the clipped,
+noised gradients of the label-balanced synthetic samples are too few. So after them
+``train_on_public`` trains the same parameters on the accepted samples alone,
+without noise: a function of the DP model and public data, post-processing that
+spends no ε.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+from crosslm.config import TrainConfig
 from crosslm.models.classifier import TextClassifier
-from crosslm.models.training import TrainItem, make_optimizer, per_example_loss
+from crosslm.models.training import TrainItem, make_optimizer, per_example_loss, train_classifier
 from crosslm.privacy.accounting import DPPlan, Phase, sample_rate, steps_per_epoch
 
 
@@ -70,7 +79,7 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
                                             steps=phase.steps)
     classifier.train()
     params = classifier.dp_parameters()
-    with _only_trained(classifier, params):
+    with _only_trained(classifier, params), classifier.frozen_features():
         model = GradSampleModule(classifier, batch_first=True, loss_reduction="mean", strict=False)
         optimizer = DPOptimizer(make_optimizer(params, lr, optimizer_kind),
                                 noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
@@ -97,3 +106,12 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
         finally:
             model.remove_hooks()
     return {"epochs_run": epochs, "best_epoch": epochs, "dp_steps": phase.steps}, phase
+
+
+def train_on_public(classifier: TextClassifier, public: list[TrainItem], *, budget: TrainConfig, seed: int,
+                    distill_weight: float = 0.0) -> dict[str, float]:
+    """Train ``dp_parameters`` on public samples alone, without noise (no private record is read)."""
+    with _only_trained(classifier, classifier.dp_parameters()), classifier.frozen_features():
+        metrics = train_classifier(classifier, public, lr=budget.lr, epochs=budget.epochs,
+                                   batch_size=budget.batch_size, seed=seed, distill_weight=distill_weight)
+    return {"public_epochs": metrics["epochs_run"], "public_train_loss": metrics["train_loss"]}
