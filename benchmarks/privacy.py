@@ -10,8 +10,9 @@ DP clients train with ``privacy.local_training`` and ``privacy.round_training`` 
 defaults: a DP head needs a larger step and batch than fine-tuning); the non-private run
 keeps the clients' own budgets and early stopping.
 Writes ``privacy.json`` (one row per setting and ε), ``privacy.md`` (the table) and
-``plots/privacy-utility.png`` into ``--results``, again after every finished run, and
-keeps each run's figures in ``--results``/privacy-cells/ so a checkout can continue. From
+``plots/privacy-utility.png`` into ``--results``, again after every finished run, from
+every run's figures kept in ``--results``/privacy-cells/ (so a checkout continues, and
+runs of several commands make one table). From
 the repo root:
 
     .venv/bin/python benchmarks/privacy.py [--settings homogeneous heterogeneous]
@@ -102,7 +103,8 @@ def _cell(value: float | None, template: str) -> str:
 
 def markdown(rows: list[dict], command: str, host: dict) -> str:
     lines = ["# Privacy-utility trade-off and membership-inference audit", "",
-             f"- command: `{command}`",
+             f"- last command: `{command}`; the rows hold every run recorded in privacy-cells/, "
+             "whichever command ran it",
              f"- machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}",
              "- ε: the target per client over round 0 and every round; ε spent: the largest any client "
              "spent (RDP accountant); MIA: the server's loss attack on client-0's canaries (mean over seeds)",
@@ -172,16 +174,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     args = parser.parse_args(argv)
     command = shlex.join(["benchmarks/privacy.py", *(sys.argv[1:] if argv is None else argv)])
-    done: dict[tuple[str, str], dict[int, dict]] = {}
+    records = args.results / "privacy-cells"
     # a seed of every ε before the next seed: an early stop still shows the whole curve
     for setting in args.settings:
         for seed in args.seeds:
             for epsilon in args.epsilons:
-                figures = run_cell(args.config, args.overrides, (setting, epsilon, seed), args.delta,
-                                   args.canaries, args.root, args.results / "privacy-cells")
-                done.setdefault((setting, epsilon), {})[seed] = figures
-                rows = [row(s, e, args.delta, cells) for (s, e), cells in done.items()]
+                run_cell(args.config, args.overrides, (setting, epsilon, seed), args.delta, args.canaries,
+                         args.root, records)
+                rows = recorded_rows(records, args.delta)
                 write_results(rows, command, args.results)
+    return rows
+
+
+def recorded_rows(records: Path, delta: float) -> list[dict]:
+    """A row per setting and privacy level from every recorded run, whichever command ran it
+    (non-private first, then by falling ε)."""
+    rows = []
+    for setting in SETTINGS:
+        levels = [p for p in (records / setting).glob("*") if p.is_dir()]
+        epsilons = [NON_PRIVATE] * any(p.name == _privacy_name(NON_PRIVATE) for p in levels) + sorted(
+            (p.name.removeprefix("dp-eps") for p in levels if p.name.startswith("dp-eps")),
+            key=float, reverse=True)
+        for epsilon in epsilons:
+            cells = {int(f.stem.removeprefix("seed-")): json.loads(f.read_text(encoding="utf-8"))
+                     for f in (records / setting / _privacy_name(epsilon)).glob("seed-*.json")}
+            rows.append(row(setting, epsilon, delta, cells))
     return rows
 
 

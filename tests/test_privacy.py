@@ -347,3 +347,5 @@ def test_privacy_benchmark_end_to_end_on_tiny_models(shared_data, monkeypatch, t
     # each run's figures are kept: a second call (a fresh checkout with the records) runs nothing
     shutil.rmtree(tmp_path / "runs")
     assert bench.main(args) == rows
+    # a command for one level still writes every recorded row
+    assert bench.main([*args[:5], "8", *args[7:]]) == rows
