@@ -14,6 +14,7 @@ and tokenizers cooperate without any token alignment.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
@@ -117,7 +118,7 @@ class EncoderClassifier(TextClassifier):
         return self.head(self.pooled(texts) if self._features is None else self._cached_pooled(texts))
 
     @contextmanager
-    def frozen_features(self):
+    def frozen_features(self) -> Iterator[None]:
         """While the head alone trains (DP-SGD, the public pass), each text's pooled vector is
         computed once, in eval mode, and reused: round 0's 20 DP epochs encode every record once."""
         if any(p.requires_grad for p in self.encoder.parameters()):

@@ -51,7 +51,7 @@ class DPPlan:
     planned_epsilon: float
     local_training: TrainConfig = field(default_factory=lambda: DP_LOCAL_TRAINING)  # round 0
     round_training: TrainConfig = field(default_factory=lambda: DP_ROUND_TRAINING)  # every later C1
-    public_training: TrainConfig | None = field(default_factory=lambda: DP_PUBLIC_TRAINING)  # after C1's
+    public_training: TrainConfig | None = field(default_factory=lambda: DP_PUBLIC_TRAINING)  # then, public
 
 
 def sample_rate(batch_size: int, n_private: int) -> float:
