@@ -22,8 +22,11 @@ from crosslm.models.training import (
     EpochSelector,
     TrainItem,
     accuracy,
+    backward_in_chunks,
     balanced_accuracy,
     label_balanced,
+    length_chunks,
+    per_example_loss,
     prediction_figures,
     train_classifier,
 )
@@ -266,6 +269,46 @@ def test_training_fits_a_separable_task(model_dir, kind, task):
     assert metrics["epochs_run"] == BUDGET[kind]["epochs"]
     assert metrics["train_loss"] < loss_before
     assert accuracy(classifier, SENTIMENT_EXAMPLES) >= 0.9
+
+
+def test_length_chunks_keep_the_batch_shortest_first():
+    batch = [TrainItem("a" * n, 0) for n in (9, 2, 7, 4, 1)]
+    chunks = length_chunks(batch, 2)
+    assert [[len(item.text) for item in chunk] for chunk in chunks] == [[1, 2], [4, 7], [9]]
+
+
+def _gradients(classifier) -> list[torch.Tensor]:
+    """Each trained parameter's gradient, zero for one the loss does not reach (e.g. a pooler)."""
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+             for p in classifier.trainable_parameters()]
+    classifier.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_backward_in_chunks_gives_the_whole_batch_gradient(model_dir, task):
+    """Chunking changes only how the batch is padded: the gradient (weights, soft labels and an
+    added per-text loss included) is the one the whole batch gives in one pass."""
+    classifier = build_classifier(model_dir, task, lora_rank=4, seed=0)
+    classifier.eval()  # no dropout: both passes see the same function
+    batch = [TrainItem(f"{i.text} {'and so on ' * (k % 4)}", i.label, (0.3, 0.7) if k % 3 else None,
+                       weight=0.5 + k % 2) for k, i in enumerate(SENTIMENT[:10])]
+    texts = [item.text for item in batch]
+    extra_of = lambda logits: logits.logsumexp(-1).mean()  # noqa: E731
+    logits = classifier.label_logits(texts)
+    weights = torch.tensor([item.weight for item in batch])
+    whole = (weights * per_example_loss(logits, batch, 0.5)).sum() / weights.sum() + extra_of(logits)
+    whole.backward()
+    expected = _gradients(classifier)
+
+    def forward(chunk_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk_logits = classifier.label_logits(chunk_texts)
+        return chunk_logits, extra_of(chunk_logits)
+
+    loss = backward_in_chunks(classifier, batch, 0.5, forward)
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    assert any(want.any() for want in expected)
+    for got, want in zip(_gradients(classifier), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_training_keeps_the_weights_of_its_best_validation_epoch(tiny_encoder_dir, task):

@@ -21,6 +21,7 @@ from crosslm.cli import app
 from crosslm.client import Client
 from crosslm.config import ClientsConfig, ExperimentConfig, TrainConfig, check_method, load_config
 from crosslm.errors import CrossLMError
+from crosslm.models import training
 from crosslm.models.classifier import build_classifier
 from crosslm.models.training import TrainItem, per_example_loss
 from crosslm.privacy import accounting, dp_training
@@ -122,6 +123,29 @@ def test_per_example_clipping_bounds_the_update(slm_dir, task, monkeypatch):
 
     assert 0 < update_norm(1e-3) <= 1e-3 * 1.0001
     assert update_norm(1e6) > 1e-2  # the same step without effective clipping
+
+
+def test_dp_step_in_length_chunks_is_the_whole_batch_step(slm_dir, task, monkeypatch):
+    """Zero noise, every record in every step (q = 1), plain SGD: the update is the mean of the
+    clipped per-example gradients, the same whether the batch ran in one pass or in chunks."""
+    monkeypatch.setattr(dp_training, "make_optimizer",
+                        lambda params, lr, kind: torch.optim.SGD(params, lr=lr))
+    items = [TrainItem(f"{item.text} {'and more ' * k}", item.label, weight=0.5 + k % 2)
+             for k, item in enumerate(_items(8))]
+
+    def update(rows: int) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(training, "CHUNK_ROWS", rows)
+        classifier = build_classifier(str(slm_dir), task, 2, seed=0)
+        before = {k: v.clone() for k, v in classifier.trainable_state().items()}
+        dp_training.train_classifier_dp(
+            classifier, items, [], plan=DPPlan(0.0, 0.05, 1e-5, "rdp", 0.0), lr=1.0, epochs=1,
+            batch_size=8, seed=0)
+        return {k: v - before[k] for k, v in classifier.trainable_state().items()}
+
+    whole, chunked = update(8), update(3)
+    assert any(delta.any() for delta in whole.values())
+    for name, delta in whole.items():
+        torch.testing.assert_close(chunked[name], delta, rtol=1e-4, atol=1e-7)
 
 
 def test_dp_training_changes_only_the_encoders_head_or_the_lora_matrices(slm_dir, tiny_encoder_dir, task):

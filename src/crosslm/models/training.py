@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from crosslm.models.classifier import TextClassifier
 from crosslm.tasks.spec import Example
 
+# texts per forward pass in training (``length_chunks``): fewer pad less but multiply smaller
+# matrices; 8 was fastest for MiniLM, 4-8 for SmolLM2 (docs/performance.md)
+CHUNK_ROWS = 8
+
 
 @dataclass(frozen=True)
 class TrainItem:
@@ -51,10 +55,35 @@ def per_example_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weigh
     return loss
 
 
-def _batch_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
-    weights = torch.tensor([item.weight for item in batch], device=logits.device)
-    loss = per_example_loss(logits, batch, distill_weight)
-    return (weights * loss).sum() / weights.sum().clamp(min=1e-8)
+def length_chunks(batch: list[TrainItem], rows: int) -> list[list[TrainItem]]:
+    """The batch's items, shortest first, in chunks of at most ``rows``.
+
+    A batch is padded to its longest text: 16 random SST-2 training sentences compute 2.8
+    times their real tokens under MiniLM's tokenizer, 2 chunks of 8 sorted ones 1.8 times
+    (``benchmarks/training_chunks.py``). The batch, and so the gradient, stay what the shuffle drew.
+    """
+    ordered = sorted(batch, key=lambda item: len(item.text))
+    return [ordered[start:start + rows] for start in range(0, len(ordered), rows)]
+
+
+def backward_in_chunks(classifier: TextClassifier, batch: list[TrainItem], distill_weight: float,
+                          forward: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None) -> float:
+    """Backpropagate the batch's loss chunk by chunk (``length_chunks``); the batch's loss.
+
+    Each chunk's share is scaled to the whole batch: its items' weighted losses over the
+    batch's total weight, and ``forward``'s added loss (a mean over texts) by its share of texts.
+    """
+    total_weight = max(sum(item.weight for item in batch), 1e-8)
+    batch_loss = 0.0
+    for chunk in length_chunks(batch, CHUNK_ROWS):
+        texts = [item.text for item in chunk]
+        logits, extra = (classifier.label_logits(texts), 0.0) if forward is None else forward(texts)
+        weights = torch.tensor([item.weight for item in chunk], device=logits.device)
+        loss = ((weights * per_example_loss(logits, chunk, distill_weight)).sum() / total_weight
+                + extra * len(chunk) / len(batch))
+        loss.backward()
+        batch_loss += loss.item()
+    return batch_loss
 
 
 def _predicted_and_true(classifier: TextClassifier, examples: list[Example], batch_size: int
@@ -167,16 +196,9 @@ def train_classifier(
         order = rng.sample(items, len(items))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            texts = [item.text for item in batch]
-            if forward is None:
-                loss = _batch_loss(classifier.label_logits(texts), batch, distill_weight)
-            else:
-                logits, extra = forward(texts)
-                loss = _batch_loss(logits, batch, distill_weight) + extra
-            loss.backward()
+            losses.append(backward_in_chunks(classifier, batch, distill_weight, forward))
             optimizer.step()
             optimizer.zero_grad()
-            losses.append(loss.item())
         if validation:
             if selector.keep(epoch, balanced_accuracy(classifier, validation)):
                 best_state = snapshot()

@@ -37,8 +37,15 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from crosslm.config import TrainConfig
+from crosslm.models import training
 from crosslm.models.classifier import TextClassifier
-from crosslm.models.training import TrainItem, make_optimizer, per_example_loss, train_classifier
+from crosslm.models.training import (
+    TrainItem,
+    length_chunks,
+    make_optimizer,
+    per_example_loss,
+    train_classifier,
+)
 from crosslm.privacy.accounting import DPPlan, Phase, sample_rate, steps_per_epoch
 
 
@@ -54,6 +61,26 @@ def _only_trained(classifier: TextClassifier, trained: list[nn.Parameter]):
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def _per_example_gradients(classifier: TextClassifier, batch: list[TrainItem], distill_weight: float,
+                           params: list[nn.Parameter]) -> None:
+    """Each item's weighted-loss gradient into Opacus's ``grad_sample``, chunk by chunk
+    (``length_chunks``: less padding).
+
+    Opacus keeps a list of per-example gradients per backward pass and would take the passes
+    for accumulated batches (dividing the step by their number); one batch's chunks are one
+    batch, so their lists are joined, and the clipping and the noise see the batch as if it
+    had run in one pass.
+    """
+    for chunk in length_chunks(batch, training.CHUNK_ROWS):
+        logits = classifier.label_logits([item.text for item in chunk])
+        weights = torch.tensor([item.weight for item in chunk], device=logits.device)
+        # a mean, as GradSampleModule(loss_reduction="mean") expects: it multiplies by the chunk's size
+        (weights * per_example_loss(logits, chunk, distill_weight)).mean().backward()
+    for p in params:
+        if isinstance(p.grad_sample, list):
+            p.grad_sample = torch.cat(p.grad_sample)
 
 
 def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], public: list[TrainItem], *,
@@ -94,10 +121,7 @@ def train_classifier_dp(classifier: TextClassifier, private: list[TrainItem], pu
                 batch = [private[i] for i in indices] + public_order[start:start + public_per_step]
                 optimizer.zero_grad(set_to_none=True)
                 if batch:
-                    logits = classifier.label_logits([item.text for item in batch])
-                    weights = torch.tensor([item.weight for item in batch], device=logits.device)
-                    loss = (weights * per_example_loss(logits, batch, distill_weight)).mean()
-                    loss.backward()
+                    _per_example_gradients(classifier, batch, distill_weight, params)
                 else:  # an empty Poisson draw is still a step: noise only
                     for p in params:
                         p.grad_sample = torch.zeros(0, *p.shape, dtype=p.dtype, device=p.device)
