@@ -67,7 +67,7 @@ def length_chunks(batch: list[TrainItem], rows: int) -> list[list[TrainItem]]:
 
 
 def backward_in_chunks(classifier: TextClassifier, batch: list[TrainItem], distill_weight: float,
-                          forward: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None) -> float:
+                       forward: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None) -> float:
     """Backpropagate the batch's loss chunk by chunk (``length_chunks``); the batch's loss.
 
     Each chunk's share is scaled to the whole batch: its items' weighted losses over the
