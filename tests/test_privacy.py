@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from opacus.accountants.utils import get_noise_multiplier
+from safetensors.torch import load_file
 from test_cli import _config
 from test_client import FALLBACK, SYNTHETIC_R1
 from typer.testing import CliRunner
@@ -247,6 +248,26 @@ def test_dp_client_reports_epsilon_and_no_private_statistic(slm_dir, task, tmp_p
     ledger = json.loads((tmp_path / "privacy.json").read_text())
     assert ledger == {"0": [[1.0, 0.25, 8]], "1": [[1.0, 0.25, 4]]}
     assert "train_loss" not in fit1.metrics
+
+
+def test_a_dp_causal_client_trains_its_lora_at_lora_lr(slm_dir, task, tmp_path):
+    """The budgets' rate (here 1e-2) trains an encoder's head; a LoRA takes ``lora_lr`` (here 1e-12,
+    which AdamW turns into steps of about 1e-12) in round 0 and in the public pass of round 1."""
+    data = ClientData([Example(i.text, i.label) for i in _items(16)], [Example(*FALLBACK[0])])
+    budget = TrainConfig(lr=1e-2, epochs=2, batch_size=4)
+    plan = DPPlan(1.0, 1.0, 1e-5, "rdp", 0.0, local_training=budget, round_training=budget,
+                  public_training=budget, lora_lr=1e-12)
+    client = Client("c0", str(slm_dir), task, data, data.validation, tmp_path,
+                    ClientsConfig(slm=[str(slm_dir)], lora_rank=2), 0, privacy=plan)
+    initial = build_classifier(str(slm_dir), task, 2, seed=0).trainable_state()
+    client.fit(FitIns(0))
+    client.fit(FitIns(1, SYNTHETIC_R1, [1, 0, 1], [[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]]))
+    after = load_file(tmp_path / "model-r1.safetensors")
+    moved = max((after[name] - value).abs().max().item() for name, value in initial.items())
+    if slm_dir.name.startswith("tiny-bert"):
+        assert moved > 1e-3
+    else:
+        assert moved < 1e-9
 
 
 # -- runs -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from crosslm.config import ClientsConfig, TrainConfig
 from crosslm.errors import CrossLMError
-from crosslm.models.classifier import TextClassifier, build_classifier
+from crosslm.models.classifier import TextClassifier, VerbalizerClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, label_balanced, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
 from crosslm.privacy.dp_training import train_classifier_dp, train_on_public
@@ -181,15 +181,24 @@ class Client:
                      budget: TrainConfig, round_: int) -> dict[str, float]:
         """C1 with DP-SGD: the fixed epochs (no early stopping), ε over every round so far; then, in
         later rounds, the accepted samples alone without noise (``train_on_public``)."""
+        budget = self._with_dp_rate(classifier, budget)
         metrics, phase = train_classifier_dp(
             classifier, private, accepted, plan=self.privacy, lr=budget.lr, epochs=budget.epochs,
             batch_size=budget.batch_size, seed=self.seed + round_, distill_weight=self.config.distill_weight)
         if round_ > 0 and accepted and self.privacy.public_training is not None:
-            metrics |= train_on_public(classifier, accepted, budget=self.privacy.public_training,
+            metrics |= train_on_public(classifier, accepted,
+                                       budget=self._with_dp_rate(classifier, self.privacy.public_training),
                                        seed=self.seed + round_, distill_weight=self.config.distill_weight)
         ledger = PrivacyLedger(self.state_dir / "privacy.json", self.privacy)
         return metrics | {"epsilon": ledger.record(round_, [phase]), "delta": self.privacy.delta,
                           "noise_multiplier": self.privacy.noise_multiplier}
+
+    def _with_dp_rate(self, classifier: TextClassifier, budget: TrainConfig) -> TrainConfig:
+        """A causal SLM's LoRA trains at ``privacy.lora_lr``: the budgets' rate suits an encoder's head
+        (benchmarks/dp_lora.py)."""
+        if isinstance(classifier, VerbalizerClassifier):
+            return budget.model_copy(update={"lr": self.privacy.lora_lr})
+        return budget
 
     def fit_average(self, ins: AverageIns) -> AverageRes:
         """The FedAvg baseline: from the global weights, the budget C1 has in the same round.

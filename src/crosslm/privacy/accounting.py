@@ -19,6 +19,7 @@ from opacus.accountants import create_accountant
 
 from crosslm.config import (
     DP_LOCAL_TRAINING,
+    DP_LORA_LR,
     DP_PUBLIC_TRAINING,
     DP_ROUND_TRAINING,
     ExperimentConfig,
@@ -52,6 +53,7 @@ class DPPlan:
     local_training: TrainConfig = field(default_factory=lambda: DP_LOCAL_TRAINING)  # round 0
     round_training: TrainConfig = field(default_factory=lambda: DP_ROUND_TRAINING)  # every later C1
     public_training: TrainConfig | None = field(default_factory=lambda: DP_PUBLIC_TRAINING)  # then, public
+    lora_lr: float = DP_LORA_LR  # every budget's rate for a causal SLM's LoRA
 
 
 def sample_rate(batch_size: int, n_private: int) -> float:
@@ -135,7 +137,7 @@ def plan(config: ExperimentConfig, n_private: int, client: str = "a client") -> 
             f"{p.target_epsilon}: raise the noise, lower rounds or epochs, or leave noise_multiplier "
             "unset so it is planned")
     return DPPlan(sigma, p.max_grad_norm, p.delta, p.accountant, planned, p.local_training, p.round_training,
-                  p.public_training)
+                  p.public_training, p.lora_lr)
 
 
 class PrivacyLedger:
