@@ -6,11 +6,13 @@ through the project's own loaders.
 
 from __future__ import annotations
 
+import math
 import string
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crosslm.config import FeedbackConfig, TrainConfig
@@ -24,8 +26,8 @@ from crosslm.models.training import (
     accuracy,
     backward_in_chunks,
     balanced_accuracy,
-    label_balanced,
     length_chunks,
+    logit_adjusted,
     per_example_loss,
     prediction_figures,
     train_classifier,
@@ -336,11 +338,25 @@ def test_balanced_accuracy_does_not_reward_predicting_the_majority_label(tiny_en
     assert balanced_accuracy(classifier, skewed) == pytest.approx(0.5)
 
 
-def test_label_balanced_gives_each_label_the_same_total_weight():
+def test_logit_adjusted_offsets_each_item_by_its_silos_label_prior():
     items = [TrainItem("a", 0), TrainItem("b", 0), TrainItem("c", 0), TrainItem("d", 1, weight=2.0)]
-    weights = [i.weight for i in label_balanced(items)]
-    assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 4.0])  # 4 items / (2 labels x count), x own weight
-    assert sum(weights[:3]) == pytest.approx(2.0)
+    adjusted = logit_adjusted(items, num_labels=3, tau=2.0)
+    # counts 3, 1 and (missing) 0 -> one half, over 4 items
+    expected = (2 * math.log(3 / 4), 2 * math.log(1 / 4), 2 * math.log(0.5 / 4))
+    assert all(item.prior_offset == pytest.approx(expected) for item in adjusted)
+    assert [(i.text, i.label, i.weight) for i in adjusted] == [(i.text, i.label, i.weight) for i in items]
+
+
+def test_the_cross_entropy_shifts_the_logits_by_the_prior_offset_and_distillation_does_not():
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.5]])
+    offset = (math.log(0.9), math.log(0.1))
+    batch = [TrainItem("a", 1, prior_offset=offset), TrainItem("b", 0, soft_label=(0.2, 0.8))]
+    loss = per_example_loss(logits, batch, distill_weight=0.5)
+    shifted = logits[0] + torch.tensor(offset)
+    assert loss[0] == pytest.approx(float(F.cross_entropy(shifted[None], torch.tensor([1]))))
+    soft_part = -(torch.tensor([0.2, 0.8]) * F.log_softmax(logits[1], -1)).sum()
+    hard_part = F.cross_entropy(logits[1][None], torch.tensor([0]))
+    assert loss[1] == pytest.approx(float(0.5 * hard_part + 0.5 * soft_part))
 
 
 def test_epoch_selector_does_not_lock_onto_a_collapsed_first_epoch():

@@ -17,7 +17,7 @@ from pathlib import Path
 from crosslm.config import ClientsConfig, TrainConfig
 from crosslm.errors import CrossLMError
 from crosslm.models.classifier import TextClassifier, VerbalizerClassifier, build_classifier
-from crosslm.models.training import TrainItem, accuracy, label_balanced, prediction_figures, train_classifier
+from crosslm.models.training import TrainItem, accuracy, logit_adjusted, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
 from crosslm.privacy.dp_training import train_classifier_dp, train_on_public
 from crosslm.protocol import (
@@ -123,9 +123,12 @@ class Client:
         return items
 
     def _private_items(self) -> list[TrainItem]:
-        """The silo's examples, label-balanced unless off or under DP (``label_balanced``)."""
+        """The silo's examples, with its label prior as a logit offset unless off or under DP
+        (``logit_adjusted``)."""
         items = [TrainItem(ex.text, ex.label) for ex in self.data.train]
-        return label_balanced(items) if self.config.balance_labels and self.privacy is None else items
+        if self.config.balance_labels and self.privacy is None:
+            return logit_adjusted(items, self.task.num_labels)
+        return items
 
     # -- phases -----------------------------------------------------------------------------
 

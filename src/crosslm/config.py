@@ -56,9 +56,9 @@ class ClientsConfig(_Section):
     patience: int = Field(default=3, ge=1, description="epochs without validation gain before stopping")
     balance_labels: bool = Field(
         default=True,
-        description="weight each private example by its silo's inverse label frequency, so a skewed silo's "
-                    "model does not collapse onto its majority label; off under privacy (the weights would "
-                    "depend on other records)",
+        description="train on a logit-adjusted loss with the silo's own label prior, so a skewed silo's "
+                    "model does not collapse onto its majority label; off under privacy (the prior would "
+                    "make one record's loss depend on other records' labels)",
     )
     round_training: TrainConfig = Field(
         default=TrainConfig(lr=5e-5, epochs=1, batch_size=16),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -16,16 +17,23 @@ from crosslm.tasks.spec import Example
 # texts per forward pass in training (``length_chunks``): fewer pad less but multiply smaller
 # matrices; 8 was fastest for MiniLM, 4-8 for SmolLM2 (docs/performance.md)
 CHUNK_ROWS = 8
+# τ of a skewed silo's logit-adjusted loss (``logit_adjusted``): at the Bayes-consistent 1, silos
+# with 2-3 examples of a label still predicted one label; 3 did not (benchmarks/label_skew.py)
+LOGIT_ADJUSTMENT = 3.0
 
 
 @dataclass(frozen=True)
 class TrainItem:
-    """A training text: private (hard label only) or accepted synthetic (with a soft label)."""
+    """A training text: private (hard label only) or accepted synthetic (with a soft label).
+
+    ``prior_offset``: added to the logits in the cross-entropy on ``label`` (``logit_adjusted``).
+    """
 
     text: str
     label: int
     soft_label: tuple[float, ...] | None = None
     weight: float = 1.0
+    prior_offset: tuple[float, ...] | None = None
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], lr: float, kind: str = "adamw"
@@ -39,13 +47,18 @@ def make_optimizer(parameters: list[torch.nn.Parameter], lr: float, kind: str = 
 
 
 def per_example_loss(logits: torch.Tensor, batch: list[TrainItem], distill_weight: float) -> torch.Tensor:
-    """Each item's loss: cross-entropy on its label, mixed with distillation to its soft label if any.
+    """Each item's loss: cross-entropy on its label (its logits shifted by its ``prior_offset``),
+    mixed with distillation to its soft label if any.
 
     One value per item, so DP-SGD (``crosslm.privacy.dp_training``) can clip each one's gradient.
     """
     device = logits.device
     labels = torch.tensor([item.label for item in batch], device=device)
-    loss = F.cross_entropy(logits.float(), labels, reduction="none")
+    adjusted = logits.float()
+    if any(item.prior_offset is not None for item in batch):
+        adjusted = adjusted + torch.tensor([item.prior_offset or [0.0] * logits.shape[-1] for item in batch],
+                                           device=device)
+    loss = F.cross_entropy(adjusted, labels, reduction="none")
     has_soft = torch.tensor([item.soft_label is not None for item in batch], device=device)
     if distill_weight > 0 and has_soft.any():
         soft = torch.tensor([item.soft_label or [0.0] * logits.shape[-1] for item in batch], device=device)
@@ -105,17 +118,21 @@ def prediction_figures(classifier: TextClassifier, examples: list[Example], batc
     return float((predicted == labels).float().mean()), majority_share
 
 
-def label_balanced(items: list[TrainItem]) -> list[TrainItem]:
-    """The items reweighted so that each label present carries the same total weight.
+def logit_adjusted(items: list[TrainItem], num_labels: int, tau: float = LOGIT_ADJUSTMENT
+                   ) -> list[TrainItem]:
+    """The items with their silo's label prior as a logit offset: a logit-adjusted loss.
 
-    A silo's labels are skewed under non-IID partitions; with a plain loss its model
-    can reach a low loss by predicting the majority label, and early stopping on an
-    equally skewed validation split then keeps that collapsed model. The weights come
-    from the silo's own label counts and are sent nowhere. Mean weight stays 1.
+    A silo's labels are skewed under non-IID partitions. Weighting the loss by inverse label
+    frequency stops mattering once a fine-tuned encoder fits its few minority examples, and
+    the model then predicts the majority label for everything else; training on
+    ``logits + tau * log prior`` (Menon et al. 2021, "Long-tail learning via logit
+    adjustment") asks for a margin on the rare labels that fitting them does not remove, and
+    the plain logits then predict as if the labels were balanced. The prior comes from the
+    silo's own label counts (a missing label counts one half) and is sent nowhere.
     """
     counts = Counter(item.label for item in items)
-    scale = {label: len(items) / (len(counts) * n) for label, n in counts.items()}
-    return [replace(item, weight=item.weight * scale[item.label]) for item in items]
+    offset = tuple(tau * math.log(max(counts.get(y, 0), 0.5) / len(items)) for y in range(num_labels))
+    return [replace(item, prior_offset=offset) for item in items]
 
 
 def balanced_accuracy(classifier: TextClassifier, examples: list[Example], batch_size: int = 64) -> float:
