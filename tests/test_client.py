@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -194,3 +197,36 @@ def test_replies_never_contain_private_text(rounds: Rounds):
             assert json.dumps(text).encode() not in data  # as a JSON string value
             if len(text) >= 12:
                 assert text.encode() not in data and text.strip().encode() not in data
+
+
+def test_a_non_private_encoder_client_loads_neither_peft_nor_opacus(rounds: Rounds, tmp_path, silo, config):
+    """On Flower every message starts a fresh ClientApp process; an encoder silo without
+    ``privacy:`` must not pay for importing PEFT or Opacus (about 3 s of CPU each time)."""
+    state = tmp_path / "state"
+    shutil.copytree(rounds.state_dir, state)
+    data, test = silo
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"config": config.model_dump(mode="json"), "state": str(state),
+                                  "train": [asdict(ex) for ex in data.train],
+                                  "validation": [asdict(ex) for ex in data.validation],
+                                  "test": [asdict(ex) for ex in test]}))
+    script = """
+import json, sys
+from crosslm.client import Client
+from crosslm.config import ClientsConfig
+from crosslm.protocol import FitIns, ScoreIns
+from crosslm.tasks.partition import ClientData
+from crosslm.tasks.spec import Example, load_task
+raw = json.load(open(sys.argv[1]))
+examples = {key: [Example(**ex) for ex in raw[key]] for key in ("train", "validation", "test")}
+config = ClientsConfig.model_validate(raw["config"])
+client = Client("c0", config.slm[0], load_task("sst2"), ClientData(examples["train"], examples["validation"]),
+                examples["test"], raw["state"], config, seed=0)
+client.handle(ScoreIns(3, ["a clever film ."]))
+client.handle(FitIns(3, ["a clever film ."], [1], [[0.3, 0.7]]))
+print(json.dumps(sorted(name for name in ("peft", "opacus") if name in sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(inputs)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

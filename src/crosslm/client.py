@@ -19,7 +19,6 @@ from crosslm.errors import CrossLMError
 from crosslm.models.classifier import TextClassifier, VerbalizerClassifier, build_classifier
 from crosslm.models.training import TrainItem, accuracy, logit_adjusted, prediction_figures, train_classifier
 from crosslm.privacy.accounting import DPPlan, PrivacyLedger
-from crosslm.privacy.dp_training import train_classifier_dp, train_on_public
 from crosslm.protocol import (
     AverageIns,
     AverageRes,
@@ -184,6 +183,9 @@ class Client:
                      budget: TrainConfig, round_: int) -> dict[str, float]:
         """C1 with DP-SGD: the fixed epochs (no early stopping), ε over every round so far; then, in
         later rounds, the accepted samples alone without noise (``train_on_public``)."""
+        # Opacus loads here: a non-private client (one Flower ClientApp process per message) never pays for it
+        from crosslm.privacy.dp_training import train_classifier_dp, train_on_public
+
         budget = self._with_dp_rate(classifier, budget)
         metrics, phase = train_classifier_dp(
             classifier, private, accepted, plan=self.privacy, lr=budget.lr, epochs=budget.epochs,

@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -30,6 +29,11 @@ from crosslm.errors import CrossLMError
 from crosslm.models.devices import input_device
 from crosslm.models.prompts import PromptFormat, classify_prompt
 from crosslm.tasks.spec import TaskSpec
+
+# PEFT is imported where LoRA is used: importing it costs about 2 s of CPU, which every Flower
+# ClientApp process (one per message) of an encoder silo would pay for nothing.
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 LoraTargets = list[str] | str | None  # module names, "all-linear", or None: PEFT's default
 
@@ -179,6 +183,8 @@ def lora_targets(model: nn.Module, setting: LoraTargets, section: str) -> list[s
     """
     if setting is not None:
         return setting
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
     model_type = model.config.model_type
     default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     if default is None:
@@ -192,6 +198,8 @@ def lora_targets(model: nn.Module, setting: LoraTargets, section: str) -> list[s
 
 
 def lora_config(rank: int, target_modules: list[str] | str) -> LoraConfig:
+    from peft import LoraConfig
+
     return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                       target_modules=target_modules, task_type="CAUSAL_LM")
 
@@ -218,9 +226,13 @@ class LoraAdapter:
         return [p for n, p in self.model.named_parameters() if f".{self.name}." in n]
 
     def state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
         return get_peft_model_state_dict(self.model, adapter_name=self.name)
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
         set_peft_model_state_dict(self.model, state, adapter_name=self.name)
 
     def save(self, path: Path) -> None:

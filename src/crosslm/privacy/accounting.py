@@ -15,8 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opacus.accountants import create_accountant
-
 from crosslm.config import (
     DP_LOCAL_TRAINING,
     DP_LORA_LR,
@@ -89,6 +87,8 @@ def epsilon(phases: list[Phase], noise_multiplier: float, delta: float, accounta
 
 def composed_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
     """ε of (noise multiplier, sampling rate, steps) entries composed by an Opacus accountant."""
+    from opacus.accountants import create_accountant  # here: a non-private client never loads Opacus
+
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
     with warnings.catch_warnings():  # at tiny noise the best RDP order is the largest: ε is an upper bound
