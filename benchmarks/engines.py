@@ -185,6 +185,8 @@ def main() -> None:
     summaries, peaks = {}, {}
     for name, run in runs.items():
         if args.only and name not in args.only:
+            if not (ROOT / ENGINES[name] / "summary.json").is_file():
+                continue  # never run on this machine: its figures stay empty
             previous = json.loads((RESULTS / "engines.json").read_text())
             summaries[name] = json.loads((ROOT / ENGINES[name] / "summary.json").read_text())
             peaks[name] = previous["peak_rss_mb"][name]
@@ -194,13 +196,14 @@ def main() -> None:
         peaks[name] = round(peak.peak_mb)
     workers = {"in_process": 1, "flower_sim": min(os.cpu_count() or 1, num_clients),
                "flower_deploy": num_clients}  # as run_simulation_engine sizes Ray
-    times = {name: round_times(ROOT / ENGINES[name], workers[name]) for name in runs}
-    seconds = {name: statistics.median(t["wall_s"] for t in rounds) for name, rounds in times.items()}
+    times = {name: round_times(ROOT / ENGINES[name], workers[name]) for name in summaries}
+    seconds = {name: round(statistics.median(t["wall_s"] for t in rounds), 2)
+               for name, rounds in times.items()}
+    both = {"in_process", "flower_deploy"} <= seconds.keys()
     result = {
-        "in_process_round_s": round(seconds["in_process"], 2),
-        "flower_sim_round_s": round(seconds["flower_sim"], 2),
-        "flower_deploy_round_s": round(seconds["flower_deploy"], 2),
-        "flower_deploy_overhead_pct": round(100 * (seconds["flower_deploy"] / seconds["in_process"] - 1), 1),
+        **{f"{name}_round_s": seconds.get(name) for name in runs},
+        "flower_deploy_overhead_pct": (round(100 * (seconds["flower_deploy"] / seconds["in_process"] - 1), 1)
+                                       if both else None),
         "engine_overhead_s_median": {name: statistics.median(t["overhead_s"] for t in rounds)
                                      for name, rounds in times.items()},
         "rounds": times,
