@@ -212,7 +212,8 @@ def main() -> None:
            for key in ("bytes_per_client_per_round", "slm_acc", "llm_acc")},
         "machine": machine(),
         "command": f"python benchmarks/engines.py --config {args.config}" + "".join(
-            f" --set {shlex.quote(o)}" for o in args.overrides),
+            f" --set {shlex.quote(o)}" for o in args.overrides) + "".join(
+            f" --only {o}" for o in args.only or []),
         # engines rerun later on their own with --only (e.g. after CPU contention)
         "rerun_alone": sorted((set(args.only or []) | set(previous_rerun())) - {"none"}),
     }
