@@ -201,7 +201,8 @@ def test_replies_never_contain_private_text(rounds: Rounds):
 
 def test_a_non_private_encoder_client_loads_neither_peft_nor_opacus(rounds: Rounds, tmp_path, silo, config):
     """On Flower every message starts a fresh ClientApp process; an encoder silo without
-    ``privacy:`` must not pay for importing PEFT or Opacus (about 3 s of CPU each time)."""
+    ``privacy:`` must not pay for importing PEFT and Opacus (3.7 s of CPU together each time,
+    benchmarks/clientapp_start.py)."""
     state = tmp_path / "state"
     shutil.copytree(rounds.state_dir, state)
     data, test = silo
