@@ -65,6 +65,17 @@ def test_embeddings_are_unit_length_and_in_input_order(slm_dir, task):
     assert torch.allclose(together, one_by_one, atol=1e-4)
 
 
+def test_the_vote_space_is_the_pretrained_one_whatever_training_does(slm_dir, task):
+    classifier = build_classifier(str(slm_dir), task, 2, seed=0)
+    texts = [text for text, _ in FALLBACK[:4]]
+    before_embed, before_pooled = classifier.embed(texts), classifier.pooled(texts).detach()
+    with torch.no_grad():
+        for parameter in classifier.trainable_parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))  # as far as any training moves them
+    assert not torch.allclose(classifier.pooled(texts), before_pooled, atol=1e-3)  # training shows...
+    assert torch.allclose(classifier.embed(texts), before_embed, atol=1e-5)  # ...not in the votes' space
+
+
 def test_a_client_votes_with_each_private_example_for_its_copy(slm_dir, task, tmp_path):
     private = [Example(text, label) for text, label in FALLBACK[:6]]
     data = ClientData(private, [Example(*FALLBACK[6])])

@@ -14,8 +14,9 @@ and tokenizers cooperate without any token alignment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,11 +84,21 @@ class TextClassifier(nn.Module):
         return self._in_length_order(texts, batch_size, self.num_labels,
                                      lambda batch: torch.softmax(self.label_logits(batch).float(), dim=-1))
 
+    def pretrained_pooled(self, texts: list[str]) -> torch.Tensor:
+        """``pooled`` under the SLM's pre-trained weights, whatever training changed since."""
+        raise NotImplementedError
+
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Unit-length sentence embeddings in the order of ``texts`` (the realism votes' space)."""
+        """Unit-length sentence embeddings in the order of ``texts``: the realism votes' space.
+
+        The pre-trained weights' space, not the trained one: training turns the pooled
+        vector into a label feature, in which a synthetic text is near a private one when
+        both carry the same label, however unlike the private data it reads (the votes in
+        that space did not bring the generated data closer to real texts, docs/results.md).
+        """
         return self._in_length_order(texts, batch_size, 0,
-                                     lambda batch: F.normalize(self.pooled(batch).float(), dim=-1))
+                                     lambda batch: F.normalize(self.pretrained_pooled(batch).float(), dim=-1))
 
     def _in_length_order(self, texts: list[str], batch_size: int, empty_width: int, compute) -> torch.Tensor:
         """``compute`` on batches of texts of similar length, rows returned in input order
@@ -111,9 +122,13 @@ class TextClassifier(nn.Module):
 class EncoderClassifier(TextClassifier):
     """Sentence encoder + mean pooling + linear head, fine-tuned end to end."""
 
-    def __init__(self, encoder: nn.Module, tokenizer, num_labels: int, max_length: int = 128):
+    def __init__(self, encoder: nn.Module, tokenizer, num_labels: int, max_length: int = 128,
+                 pretrained: Callable[[], nn.Module] | None = None):
+        """``pretrained``: returns the encoder as loaded, never trained (the realism votes' space);
+        loaded only when asked for, since most runs never vote."""
         super().__init__()
         self.encoder, self.tokenizer, self.num_labels = encoder, tokenizer, num_labels
+        self._pretrained = pretrained
         self.max_length = max_length
         self.head = nn.Linear(encoder.config.hidden_size, num_labels).to(input_device(encoder))
         self._features: dict[str, torch.Tensor] | None = None  # text -> pooled, in frozen_features
@@ -147,9 +162,17 @@ class EncoderClassifier(TextClassifier):
 
     def pooled(self, texts: list[str]) -> torch.Tensor:
         """The mean of the last hidden states over each text's tokens."""
+        return self._mean_pooled(self.encoder, texts)
+
+    def pretrained_pooled(self, texts: list[str]) -> torch.Tensor:
+        if self._pretrained is None:
+            raise CrossLMError("this classifier was built without its pre-trained encoder")
+        return self._mean_pooled(self._pretrained(), texts)
+
+    def _mean_pooled(self, encoder: nn.Module, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_length).to(input_device(self.encoder))
-        hidden = self.encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+                             max_length=self.max_length).to(input_device(encoder))
+        hidden = encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
         mask = enc.attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
         return (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -274,6 +297,10 @@ class VerbalizerClassifier(TextClassifier):
                          logits_to_keep=1, output_hidden_states=True)
         return out.hidden_states[-1][:, -1]
 
+    def pretrained_pooled(self, texts: list[str]) -> torch.Tensor:
+        with self.model.disable_adapter():
+            return self.pooled(texts)
+
     def encode(self, texts: list[str]):
         """The classification prompts, tokenised and left-padded, on the model's input device."""
         return self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True, truncation=True,
@@ -297,11 +324,12 @@ class VerbalizerClassifier(TextClassifier):
 def build_classifier(model_name: str, task: TaskSpec, lora_rank: int, seed: int, dtype: str = "auto",
                      *, device: str = "cpu", lora_target_modules: LoraTargets = None) -> TextClassifier:
     """A fresh client SLM: encoder + head, or causal LM + LoRA scored by verbalizers."""
-    from crosslm.models.loading import load_causal_lm, load_encoder, model_kind
+    from crosslm.models.loading import frozen_encoder, load_causal_lm, load_encoder, model_kind
 
     torch.manual_seed(seed)  # the new head / LoRA weights
     if model_kind(model_name) == "encoder":
         encoder, tokenizer = load_encoder(model_name, device)
-        return EncoderClassifier(encoder, tokenizer, task.num_labels)
+        return EncoderClassifier(encoder, tokenizer, task.num_labels,
+                                 pretrained=partial(frozen_encoder, model_name, device))
     model, tokenizer = load_causal_lm(model_name, dtype, device)
     return VerbalizerClassifier(with_lora(model, lora_rank, lora_target_modules, "clients"), tokenizer, task)

@@ -7,6 +7,7 @@ result as safetensors so later loads take seconds.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -178,3 +179,10 @@ def load_causal_lm(name: str, dtype: str = "auto", device: str = "cpu", *, shard
 def load_encoder(name: str, device: str = "cpu"):
     """A bare encoder (no task head) and its tokenizer, in the checkpoint's dtype (fine-tuned whole)."""
     return _load(name, causal=False, device=device, dtype=None, shardable=False, section="clients")
+
+
+@functools.lru_cache(maxsize=2)
+def frozen_encoder(name: str, device: str = "cpu") -> nn.Module:
+    """The encoder as loaded, for inference only, one per process: clients of one model share it."""
+    encoder, _ = load_encoder(name, device)
+    return encoder.eval().requires_grad_(False)

@@ -3,8 +3,8 @@
 Label confidence tells the generator whether a text carries its label, not whether
 it reads like the task's real data. The votes do (the private-evolution signal of
 Aug-PE and POPri): in C2 a client embeds its private training texts and the batch
-with its own SLM and each private text votes for the synthetic text whose
-embedding is nearest (cosine). The server sums the votes per text; S3 trains the
+with its own SLM's pre-trained weights (``TextClassifier.embed``) and each private
+text votes for the synthetic text whose embedding is nearest (cosine). The server sums the votes per text; S3 trains the
 generator on the most-voted texts the judges put on their intended label, and the
 next round's demonstrations are the most-voted accepted texts.
 
