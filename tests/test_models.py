@@ -33,6 +33,7 @@ from crosslm.models.training import (
     train_classifier,
 )
 from crosslm.strategies.feedback import improve_generator
+from crosslm.strategies.realism import sample_rank
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.spec import Example, TaskSpec
 
@@ -529,7 +530,7 @@ def generator_logprobs(llm: ServerLLM, task: TaskSpec, label: int, texts: list[s
         return llm.completion_logprobs(task.generation_prompt(label, []), texts, "\n")
 
 
-@pytest.mark.parametrize("strategy", ["filtered-sft", "reward-weighted", "dpo", "realism-sft"])
+@pytest.mark.parametrize("strategy", ["filtered-sft", "reward-weighted", "dpo", "realism-sft", "realism-dpo"])
 def test_improve_generator_trains_only_the_generator(llm, task, strategy):
     base = clone_state({n: p for n, p in llm.model.named_parameters() if "lora_" not in n})
     generator_state = clone_state(llm.generator.state())
@@ -558,7 +559,16 @@ def test_filtered_sft_raises_the_likelihood_of_the_good_samples(llm, task):
         assert (after > before[y] + 1.0).all(), (y, before[y], after)
 
 
-def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task):
+def test_realism_dpo_prefers_the_voted_samples_the_judges_keep_on_their_label():
+    label_0 = [s for s in feedback_samples() if s.label == 0]
+    ranked = sorted(label_0, key=sample_rank("realism-dpo"))
+    # the flip with 2 votes ranks below both kept samples: it is never a chosen answer
+    assert [s.text for s in ranked] == GOOD[0] + BAD[0]
+    assert [s.text for s in sorted(label_0, key=sample_rank("realism-sft"))][:2] == [GOOD[0][0], BAD[0][0]]
+
+
+@pytest.mark.parametrize("strategy", ["dpo", "realism-dpo"])
+def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task, strategy):
     def margin() -> float:
         total = 0.0
         for y in (0, 1):
@@ -570,7 +580,7 @@ def test_dpo_widens_the_chosen_minus_rejected_margin(llm, task):
         return total
 
     start = margin()
-    config = FeedbackConfig(strategy="dpo", dpo_beta=0.1,
+    config = FeedbackConfig(strategy=strategy, dpo_beta=0.1,
                             training=TrainConfig(lr=1e-2, epochs=3, batch_size=4))
     improve_generator(llm, feedback_samples(), task, config, seed=0)
     assert margin() > start + 1.0

@@ -89,9 +89,10 @@ def test_a_client_votes_with_each_private_example_for_its_copy(slm_dir, task, tm
     assert client.score(ScoreIns(1, batch)).votes == []  # not asked, not sent
 
 
-def test_realism_feedback_is_refused_under_privacy():
-    config = load_config(None, ["feedback.strategy=realism-sft", "privacy.target_epsilon=8"])
-    with pytest.raises(CrossLMError, match="realism-sft asks each client for vote counts"):
+@pytest.mark.parametrize("strategy", ["realism-sft", "realism-dpo"])
+def test_realism_feedback_is_refused_under_privacy(strategy):
+    config = load_config(None, [f"feedback.strategy={strategy}", "privacy.target_epsilon=8"])
+    with pytest.raises(CrossLMError, match=f"{strategy} asks each client for vote counts"):
         check_method(config)
 
 

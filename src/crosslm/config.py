@@ -138,14 +138,19 @@ class GenerationConfig(_Section):
                                           "(instruction-tuned LLMs)")
 
 
+REALISM_STRATEGIES = ("realism-sft", "realism-dpo")  # they ask the clients for votes (strategies/realism.py)
+
+
 class FeedbackConfig(_Section):
     """S3: how the SLMs' judgements (q_j) improve the LLM's generator adapter."""
 
-    strategy: Literal["filtered-sft", "reward-weighted", "dpo", "realism-sft"] = Field(
+    strategy: Literal["filtered-sft", "reward-weighted", "dpo", "realism-sft", "realism-dpo"] = Field(
         default="filtered-sft", description="filtered-sft: train on samples with q_j >= threshold; "
                                             "reward-weighted: on all, weighted by q_j; dpo: prefer high-q "
                                             "over low-q samples of a label; realism-sft: on the samples "
-                                            "the clients' private examples vote nearest (not under privacy)")
+                                            "the clients' private examples vote nearest; realism-dpo: "
+                                            "prefer those to the least-voted and the label flips (the "
+                                            "realism strategies not under privacy)")
     threshold: float = Field(default=0.7, ge=0, le=1, description="filtered-sft: minimum q_j")
     dpo_beta: float = Field(default=0.1, gt=0, description="dpo: strength of the pull towards the "
                                                            "reference model (DPO's beta)")
@@ -418,10 +423,10 @@ def check_private(config: ExperimentConfig) -> None:
         raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
                            f"every round, centralized pools the silos); {', '.join(private[:-1])} and "
                            f"{private[-1]} are")
-    if config.feedback.strategy == "realism-sft":
-        raise CrossLMError("privacy: feedback.strategy realism-sft asks each client for vote counts of "
-                           "its private examples, which DP does not cover; use filtered-sft, "
-                           "reward-weighted or dpo")
+    if config.feedback.strategy in REALISM_STRATEGIES:
+        raise CrossLMError(f"privacy: feedback.strategy {config.feedback.strategy} asks each client for "
+                           "vote counts of its private examples, which DP does not cover; use "
+                           "filtered-sft, reward-weighted or dpo")
     if config.aggregation.weights != "uniform":
         raise CrossLMError(f"privacy: aggregation.weights {config.aggregation.weights} would send each "
                            "silo's private example count or validation accuracy; use uniform under DP")

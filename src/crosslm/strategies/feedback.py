@@ -11,6 +11,8 @@ few-shot prompt of that label:
 - ``realism-sft``: language-model loss on the samples most voted for by the
   clients' private examples (``crosslm.strategies.realism``) among those whose
   intended label the judges rank first.
+- ``realism-dpo``: ``dpo``'s pairs, ranked by the votes: the most-voted samples
+  the judges put on their label against the least-voted and the flips.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from crosslm.config import TOP_LABEL, FeedbackConfig
 from crosslm.models.llm import GENERATOR, ServerLLM
 from crosslm.models.training import make_optimizer
-from crosslm.strategies.realism import sample_rank, wants_votes
+from crosslm.strategies.realism import sample_rank
 from crosslm.strategies.selection import acceptable
 from crosslm.synthetic import ScoredSample
 from crosslm.tasks.spec import TaskSpec
@@ -85,19 +87,20 @@ def improve_generator(llm: ServerLLM, samples: list[ScoredSample], task: TaskSpe
     stop = "\n"
     if config.strategy == "filtered-sft":
         samples = [s for s in samples if s.quality >= config.threshold]
-    if wants_votes(config.strategy):
+    if config.strategy == "realism-sft":
         samples = [s for s in samples if s.votes > 0 and acceptable(s, TOP_LABEL)]
     rank = sample_rank(config.strategy)
     by_label = {y: [s for s in samples if s.label == y] for y in range(task.num_labels)}
     by_label = {y: group for y, group in by_label.items() if group}
     rng = random.Random(seed)
     torch.manual_seed(seed)  # dropout: the same draws whatever ran before (resumed runs match)
-    make_batches = _dpo_batches if config.strategy == "dpo" else _plain_batches
+    make_batches = _dpo_batches if config.strategy in ("dpo", "realism-dpo") else _plain_batches
     loss_fn: LossFn = {
         "filtered-sft": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=False),
         "reward-weighted": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=True),
         "dpo": lambda m, p, b: _dpo_loss(m, p, b, stop, config.dpo_beta),
         "realism-sft": lambda m, p, b: _sft_loss(m, p, b, stop, weighted=False),
+        "realism-dpo": lambda m, p, b: _dpo_loss(m, p, b, stop, config.dpo_beta),
     }[config.strategy]
     llm.model.set_adapter(GENERATOR)
     llm.model.train()
