@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crosslm.config import FeedbackConfig, TrainConfig
+from crosslm.config import FeedbackConfig, TrainConfig, load_config
 from crosslm.models.classifier import EncoderClassifier, VerbalizerClassifier, build_classifier
 from crosslm.models.llm import CLASSIFIER, GENERATOR, ServerLLM
 from crosslm.models.loading import load_causal_lm
@@ -32,6 +32,7 @@ from crosslm.models.training import (
     prediction_figures,
     train_classifier,
 )
+from crosslm.server import Server
 from crosslm.strategies.feedback import improve_generator
 from crosslm.strategies.realism import sample_rank
 from crosslm.synthetic import ScoredSample
@@ -557,6 +558,18 @@ def test_filtered_sft_raises_the_likelihood_of_the_good_samples(llm, task):
     for y in (0, 1):
         after = generator_logprobs(llm, task, y, GOOD[y])
         assert (after > before[y] + 1.0).all(), (y, before[y], after)
+
+
+def test_prompts_draw_their_feedback_demonstrations_from_the_pool(llm, task):
+    config = load_config(None, ["feedback.demonstrations_from_feedback=12", "generation.samples_per_label=8"])
+    server = Server(config, task, llm)
+    pool = [f"pooled sample {letter} ." for letter in "abcdefghijkl"]
+    server.feedback_demos = {0: pool, 1: pool[:2]}  # a full pool, and one no larger than half of 4 demos
+    prompts, labels = server.generation_prompts(round_=1)
+    shown = [tuple(t for t in pool if t in prompt) for prompt in prompts]
+    of_label = {y: [s for s, label in zip(shown, labels, strict=True) if label == y] for y in (0, 1)}
+    assert all(len(s) == 2 for s in of_label[0]) and len(set(of_label[0])) > 4  # 2 of 12, varying
+    assert set(of_label[1]) == {tuple(pool[:2])}  # both in every prompt, as before pools
 
 
 def test_realism_dpo_prefers_the_voted_samples_the_judges_keep_on_their_label():

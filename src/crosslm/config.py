@@ -159,7 +159,9 @@ class FeedbackConfig(_Section):
     training: TrainConfig = Field(default=TrainConfig(lr=2e-4, epochs=1, batch_size=8),
                                   description="S3's optimisation budget of the generator adapter")
     demonstrations_from_feedback: int = Field(
-        default=2, ge=0, description="best accepted samples per label used as next round's demos",
+        default=2, ge=0, description="best accepted samples per label kept for next round's prompts; "
+                                     "each prompt shows up to half its demonstrations from them, drawn "
+                                     "at random when there are more",
     )
 
 

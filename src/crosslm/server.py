@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -32,9 +33,12 @@ class Server:
         return random.Random(f"{self.config.seed}-{round_}-{salt}")
 
     def _demonstrations(self, label: int, rng: random.Random) -> list[str]:
-        """In-context feedback first (best accepted samples), public seeds for the rest."""
+        """In-context feedback (best accepted samples) for up to half the demonstrations, public
+        seeds for the rest. A pool larger than that half is sampled per prompt, so that a larger pool
+        shows the prompts different samples instead of the same best two."""
         want = self.config.generation.num_demonstrations
-        chosen = self.feedback_demos[label][:want]
+        pool, from_feedback = self.feedback_demos[label], math.ceil(want / 2)
+        chosen = pool[:] if len(pool) <= from_feedback else rng.sample(pool, from_feedback)
         seeds = self.task.seeds[self.task.labels[label]]
         chosen += rng.sample(seeds, min(len(seeds), want - len(chosen)))
         rng.shuffle(chosen)
@@ -76,8 +80,8 @@ class Server:
                                  self.config.seed + round_, optimizer_kind=self.config.server.optimizer)
 
     def select(self, scored: list[ScoredSample]) -> list[ScoredSample]:
-        """S4, and the in-context feedback for the next round's prompts: the best accepted samples
-        (most voted for, with realism feedback)."""
+        """S4, and the in-context feedback for the next round's prompts: a pool of the best accepted
+        samples per label (most voted for, with realism feedback)."""
         sel = self.config.selection
         accepted = select(scored, self.task.num_labels, sel.threshold, sel.top_fraction,
                           sel.balance)
