@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from crosslm.bench.results import aggregate, machine_name  # noqa: E402
-from crosslm.bench.runner import cell_status  # noqa: E402
+from crosslm.bench.runner import cell_key, cell_status  # noqa: E402
 from crosslm.bench.spec import expand, load_spec  # noqa: E402
 from crosslm.bench.store import record_path  # noqa: E402
 from crosslm.reporting.summary import summarise  # noqa: E402
@@ -36,6 +36,7 @@ from crosslm.rundir import load_metrics, write_atomic  # noqa: E402
 BENCHMARKS = Path(__file__).parent
 RESULTS = BENCHMARKS / "results"
 SPECS = {"feedback.yaml": RESULTS / "feedback", "feedback-regimes.yaml": RESULTS / "feedback-regimes"}
+HELDOUT = RESULTS / "feedback-heldout.json"  # benchmarks/heldout_accuracy.py
 REFERENCE = "synthetic-no-feedback"
 KEYS = ("task", "setting", "method", "examples_per_client", "seeds", "slm_acc_mean", "slm_acc_std",
         "llm_acc_mean", "llm_acc_std", "wikitext2_ppl", "arc_easy_acc", "oracle_fidelity_generated",
@@ -54,17 +55,26 @@ def _by_round(records: list[Path]) -> dict[str, list[float | None]]:
     return out
 
 
-def spec_rows(spec: str, results: Path) -> list[dict]:
+def _heldout_accuracy(cells: list, heldout: dict) -> float | None:
+    """Mean over the cells' seeds of their SLMs' accuracy on real training texts in no silo
+    (heldout_accuracy.py): the figure to choose settings by, since the test split must not."""
+    values = [heldout[key]["heldout_acc_mean"] for c in cells if (key := cell_key(c)) in heldout]
+    return statistics.mean(values) if values and len(values) == len(cells) else None
+
+
+def spec_rows(spec: str, results: Path, heldout: dict) -> list[dict]:
     """The bench's rows of one spec's recorded, finished cells, as ``crosslm bench`` aggregates them."""
     cells = [c for c in expand(load_spec(BENCHMARKS / spec))
              if record_path(c, results).is_file() and cell_status(c, results).state == "done"]
     kinds = {c.method: c.config.method for c in cells}
     rows = []
     for row in aggregate(cells, results):
-        key = (row["task"], row["setting"], row["method"])
-        records = [record_path(c, results) for c in cells if (c.task, c.setting, c.method) == key]
-        rows.append({key: row[key] for key in KEYS} | {"kind": kinds[row["method"]], "spec": spec,
-                                                        "by_seed": row["by_seed"], **_by_round(records)})
+        row_key = (row["task"], row["setting"], row["method"])
+        group = [c for c in cells if (c.task, c.setting, c.method) == row_key]
+        rows.append({key: row[key] for key in KEYS}
+                    | {"slm_heldout_acc_mean": _heldout_accuracy(group, heldout),
+                       "kind": kinds[row["method"]], "spec": spec, "by_seed": row["by_seed"],
+                       **_by_round([record_path(c, results) for c in group])})
     return rows
 
 
@@ -151,6 +161,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 def markdown(rows: list[dict]) -> str:
     body = [[r["task"], r["setting"], r["method"], str(r["examples_per_client"]),
              ",".join(str(s) for s in r["seeds"]),
+             _pct(r["slm_heldout_acc_mean"]),
              _pct(r["slm_acc_mean"]) + ("" if r["slm_acc_std"] is None else f" ± {_pct(r['slm_acc_std'])}"),
              _pct(r["llm_acc_mean"]) + ("" if r["llm_acc_std"] is None else f" ± {_pct(r['llm_acc_std'])}"),
              _pct(r["oracle_fidelity_generated"]), _pct(r["oracle_fidelity_accepted"]), _pct(r["distinct_2"]),
@@ -161,10 +172,13 @@ def markdown(rows: list[dict]) -> str:
              "- cells: `crosslm bench benchmarks/feedback.yaml --results benchmarks/results/feedback` and "
              "`crosslm bench benchmarks/feedback-regimes.yaml --results benchmarks/results/feedback-regimes`",
              "- this file: `.venv/bin/python benchmarks/feedback_summary.py`", "",
-             "Mean ± sample std over seeds, last round, in %; fidelity: the oracle agrees with the intended "
+             "Mean ± sample std over seeds, last round, in %; SLM held-out: on real training texts in no "
+             "silo (`benchmarks/heldout_accuracy.py`, what a setting is chosen by; all seeds of the row or "
+             "none), SLM acc: on the test split; fidelity: the oracle agrees with the intended "
              "label; Fréchet: distance of the generated texts' embeddings to real texts (lower is closer); "
              "collapsed: client models with >= 95 % of their test predictions on one label, all seeds.", "",
-             *_table(["task", "setting", "method", "examples/client", "seeds", "SLM acc", "LLM acc",
+             *_table(["task", "setting", "method", "examples/client", "seeds", "SLM held-out", "SLM acc",
+                      "LLM acc",
                       "fidelity, generated", "fidelity, accepted", "distinct-2", "judges vs oracle",
                       "Fréchet, generated", "collapsed"], body),
              "", "## Targets (128 examples per client; means over the seeds both rows have)", "",
@@ -200,7 +214,8 @@ def plot(rows: list[dict], out: Path) -> Path:
 
 
 def main() -> None:
-    rows = [row for spec, results in SPECS.items() for row in spec_rows(spec, results)]
+    heldout = json.loads(HELDOUT.read_text(encoding="utf-8")) if HELDOUT.is_file() else {}
+    rows = [row for spec, results in SPECS.items() for row in spec_rows(spec, results, heldout)]
     write_atomic(RESULTS / "feedback.json", json.dumps(rows, indent=2) + "\n")
     write_atomic(RESULTS / "feedback.md", markdown(rows))
     plot(rows, RESULTS / "plots" / "feedback-regimes.png")
