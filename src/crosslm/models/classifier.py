@@ -94,8 +94,7 @@ class TextClassifier(nn.Module):
 
         The pre-trained weights' space, not the trained one: training turns the pooled
         vector into a label feature, in which a synthetic text is near a private one when
-        both carry the same label, however unlike the private data it reads (the votes in
-        that space did not bring the generated data closer to real texts, docs/results.md).
+        both carry the same label, however unlike the private data it reads.
         """
         return self._in_length_order(texts, batch_size, 0,
                                      lambda batch: F.normalize(self.pretrained_pooled(batch).float(), dim=-1))
