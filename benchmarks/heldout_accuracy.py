@@ -34,7 +34,7 @@ from crosslm.models.classifier import build_classifier
 from crosslm.models.training import accuracy
 from crosslm.rundir import write_atomic
 from crosslm.tasks.data import load_split
-from crosslm.tasks.spec import Example
+from crosslm.tasks.spec import Example, load_task
 
 BENCHMARKS = Path(__file__).parent
 OUT = BENCHMARKS / "results" / "feedback-heldout.json"
@@ -56,7 +56,7 @@ def heldout_texts(cell: Cell, per_label: int) -> list[Example]:
 
 def score_cell(cell: Cell, texts: list[Example]) -> dict:
     """Accuracy of each client's model after the last round on ``texts``."""
-    config, task = cell.config, load_experiment_data(cell.config, resolve_models=False).task
+    config, task = cell.config, load_task(cell.config.task)
     last = config.rounds if method_spec(config.method).server else 0
     clients = {}
     for k in range(config.clients.num_clients):
