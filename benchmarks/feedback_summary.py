@@ -38,6 +38,7 @@ RESULTS = BENCHMARKS / "results"
 SPECS = {"feedback.yaml": RESULTS / "feedback", "feedback-regimes.yaml": RESULTS / "feedback-regimes"}
 HELDOUT = RESULTS / "feedback-heldout.json"  # benchmarks/heldout_accuracy.py
 REFERENCE = "synthetic-no-feedback"
+TASKS = ("sst2", "ag_news", "trec")
 KEYS = ("task", "setting", "method", "examples_per_client", "seeds", "slm_acc_mean", "slm_acc_std",
         "llm_acc_mean", "llm_acc_std", "wikitext2_ppl", "arc_easy_acc", "oracle_fidelity_generated",
         "oracle_fidelity_accepted", "distinct_2", "judge_accuracy_mean", "closeness_generated",
@@ -55,11 +56,10 @@ def _by_round(records: list[Path]) -> dict[str, list[float | None]]:
     return out
 
 
-def _heldout_accuracy(cells: list, heldout: dict) -> float | None:
-    """Mean over the cells' seeds of their SLMs' accuracy on real training texts in no silo
+def _heldout_by_seed(cells: list, heldout: dict) -> dict[str, float]:
+    """Per seed, the cell's SLMs' mean accuracy on real training texts in no silo
     (heldout_accuracy.py): the figure to choose settings by, since the test split must not."""
-    values = [heldout[key]["heldout_acc_mean"] for c in cells if (key := cell_key(c)) in heldout]
-    return statistics.mean(values) if values and len(values) == len(cells) else None
+    return {str(c.seed): heldout[key]["heldout_acc_mean"] for c in cells if (key := cell_key(c)) in heldout}
 
 
 def spec_rows(spec: str, results: Path, heldout: dict) -> list[dict]:
@@ -71,8 +71,11 @@ def spec_rows(spec: str, results: Path, heldout: dict) -> list[dict]:
     for row in aggregate(cells, results):
         row_key = (row["task"], row["setting"], row["method"])
         group = [c for c in cells if (c.task, c.setting, c.method) == row_key]
+        by_seed = _heldout_by_seed(group, heldout)
         rows.append({key: row[key] for key in KEYS}
-                    | {"slm_heldout_acc_mean": _heldout_accuracy(group, heldout),
+                    | {"slm_heldout_acc_mean": statistics.mean(by_seed.values())
+                       if by_seed and len(by_seed) == len(group) else None,
+                       "slm_heldout_by_seed": by_seed,
                        "kind": kinds[row["method"]], "spec": spec, "by_seed": row["by_seed"],
                        **_by_round([record_path(c, results) for c in group])})
     return rows
@@ -118,6 +121,25 @@ def targets(rows: list[dict]) -> list[list[str]]:
         if method == "local-only" and row["collapsed_clients"] is not None:
             out.append([task, method, "no collapsed client model", ",".join(str(s) for s in row["seeds"]),
                         str(row["collapsed_clients"]), "0", _status(row["collapsed_clients"] == 0)])
+    return out
+
+
+def choice(rows: list[dict]) -> list[list[str]]:
+    """The default's choice: each CrossLM variant's held-out SLM accuracy against plain synthetic data
+    on the seeds both have, per task and on average over the tasks (never the test split)."""
+    by_key = {(r["task"], r["method"]): r["slm_heldout_by_seed"] for r in rows
+              if r["spec"] == "feedback.yaml" and r["slm_heldout_by_seed"]}
+    kinds = {r["method"]: r["kind"] for r in rows}
+    out = []
+    for method in dict.fromkeys(m for _, m in by_key if kinds[m] == "crosslm"):
+        line, gains = [method], []
+        for task in TASKS:
+            row, ref = by_key.get((task, method), {}), by_key.get((task, REFERENCE), {})
+            seeds = sorted(set(row) & set(ref))
+            gain = statistics.mean(row[s] - ref[s] for s in seeds) if seeds else None
+            gains += [] if gain is None else [gain]
+            line.append("-" if gain is None else f"{100 * gain:+.1f} (seeds {','.join(seeds)})")
+        out.append(line + [f"{100 * statistics.mean(gains):+.1f} over {len(gains)}"])
     return out
 
 
@@ -183,6 +205,10 @@ def markdown(rows: list[dict]) -> str:
                       "Fréchet, generated", "collapsed"], body),
              "", "## Targets (128 examples per client; means over the seeds both rows have)", "",
              *_table(["task", "method", "target", "seeds", "value", "reference", "status"], targets(rows)),
+             "", "## Choosing the default: SLM held-out accuracy against synthetic-no-feedback", "",
+             "Points, paired by seed; the variant with the highest mean over the three tasks becomes "
+             "`crosslm`'s default if it is above zero.", "",
+             *_table(["method", *TASKS, "mean over tasks"], choice(rows)),
              "", "![SLM accuracy by private examples per client](plots/feedback-regimes.png)", ""]
     return "\n".join(lines)
 
