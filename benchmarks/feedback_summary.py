@@ -139,7 +139,7 @@ def choice(rows: list[dict]) -> list[list[str]]:
             gain = statistics.mean(row[s] - ref[s] for s in seeds) if seeds else None
             gains += [] if gain is None else [gain]
             line.append("-" if gain is None else f"{100 * gain:+.1f} (seeds {','.join(seeds)})")
-        out.append(line + [f"{100 * statistics.mean(gains):+.1f} over {len(gains)}"])
+        out.append(line + [f"{100 * statistics.mean(gains):+.1f} over {len(gains)}" if gains else "-"])
     return out
 
 
@@ -206,8 +206,8 @@ def markdown(rows: list[dict]) -> str:
              "", "## Targets (128 examples per client; means over the seeds both rows have)", "",
              *_table(["task", "method", "target", "seeds", "value", "reference", "status"], targets(rows)),
              "", "## Choosing the default: SLM held-out accuracy against synthetic-no-feedback", "",
-             "Points, paired by seed; the variant with the highest mean over the three tasks becomes "
-             "`crosslm`'s default if it is above zero.", "",
+             "Points, paired by seed; a variant replaces `crosslm`'s default only if its mean over the "
+             "three tasks is clearly above the default's (a tie keeps it; docs/results.md).", "",
              *_table(["method", *TASKS, "mean over tasks"], choice(rows)),
              "", "![SLM accuracy by private examples per client](plots/feedback-regimes.png)", ""]
     return "\n".join(lines)
