@@ -246,6 +246,24 @@ def test_build_classifier_on_an_encoder(tiny_encoder_dir, task):
     assert len(classifier.trainable_parameters()) == len(list(classifier.parameters()))
 
 
+def test_an_encoder_computing_in_bfloat16_predicts_as_in_float32(tiny_encoder_dir, task):
+    """Mixed precision (what dtype auto picks on a CPU with AMX or a bf16 GPU) changes the
+    encoder's arithmetic, not what a trained classifier predicts; its weights stay float32."""
+    classifier = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0, dtype="float32")
+    assert classifier.compute_dtype is torch.float32
+    train_classifier(classifier, SENTIMENT, batch_size=8, seed=0, **BUDGET["encoder"])
+    texts = [i.text for i in SENTIMENT]
+    exact = classifier.predict_proba(texts)
+    classifier.compute_dtype = torch.bfloat16
+    mixed = classifier.predict_proba(texts)
+    assert mixed.dtype is torch.float32 and (mixed - exact).abs().max() < 0.05
+    assert torch.equal(mixed.argmax(-1), exact.argmax(-1))
+    assert not torch.equal(mixed, exact)  # bfloat16 did run
+    assert all(p.dtype is torch.float32 for p in classifier.parameters())
+    bf16 = build_classifier(str(tiny_encoder_dir), task, lora_rank=4, seed=0, dtype="bfloat16")
+    assert bf16.compute_dtype is torch.bfloat16
+
+
 def test_build_classifier_on_a_causal_lm_trains_only_lora(tiny_causal_dir, task):
     classifier = build_classifier(str(tiny_causal_dir), task, lora_rank=4, seed=0)
     assert isinstance(classifier, VerbalizerClassifier)
@@ -291,8 +309,9 @@ def _gradients(classifier) -> list[torch.Tensor]:
 
 def test_backward_in_chunks_gives_the_whole_batch_gradient(model_dir, task):
     """Chunking changes only how the batch is padded: the gradient (weights, soft labels and an
-    added per-text loss included) is the one the whole batch gives in one pass."""
-    classifier = build_classifier(model_dir, task, lora_rank=4, seed=0)
+    added per-text loss included) is the one the whole batch gives in one pass. In float32: in
+    bfloat16 (dtype auto on a CPU with AMX) a different padding rounds differently."""
+    classifier = build_classifier(model_dir, task, lora_rank=4, seed=0, dtype="float32")
     classifier.eval()  # no dropout: both passes see the same function
     batch = [TrainItem(f"{i.text} {'and so on ' * (k % 4)}", i.label, (0.3, 0.7) if k % 3 else None,
                        weight=0.5 + k % 2) for k, i in enumerate(SENTIMENT[:10])]

@@ -128,7 +128,8 @@ def test_per_example_clipping_bounds_the_update(slm_dir, task, monkeypatch):
 
 def test_dp_step_in_length_chunks_is_the_whole_batch_step(slm_dir, task, monkeypatch):
     """Zero noise, every record in every step (q = 1), plain SGD: the update is the mean of the
-    clipped per-example gradients, the same whether the batch ran in one pass or in chunks."""
+    clipped per-example gradients, the same whether the batch ran in one pass or in chunks. In
+    float32: in bfloat16 (dtype auto on a CPU with AMX) a different padding rounds differently."""
     monkeypatch.setattr(dp_training, "make_optimizer",
                         lambda params, lr, kind: torch.optim.SGD(params, lr=lr))
     items = [TrainItem(f"{item.text} {'and more ' * k}", item.label, weight=0.5 + k % 2)
@@ -136,7 +137,7 @@ def test_dp_step_in_length_chunks_is_the_whole_batch_step(slm_dir, task, monkeyp
 
     def update(rows: int) -> dict[str, torch.Tensor]:
         monkeypatch.setattr(training, "CHUNK_ROWS", rows)
-        classifier = build_classifier(str(slm_dir), task, 2, seed=0)
+        classifier = build_classifier(str(slm_dir), task, 2, seed=0, dtype="float32")
         before = {k: v.clone() for k, v in classifier.trainable_state().items()}
         dp_training.train_classifier_dp(
             classifier, items, [], plan=DPPlan(0.0, 0.05, 1e-5, "rdp", 0.0), lr=1.0, epochs=1,
@@ -176,7 +177,8 @@ def test_dp_training_mixes_public_samples_and_accounts_only_private_ones(slm_dir
 
 
 def test_frozen_features_give_the_uncached_logits_and_need_a_frozen_encoder(tiny_encoder_dir, task):
-    classifier = build_classifier(str(tiny_encoder_dir), task, 2, seed=0).eval()
+    """In float32: in bfloat16 (dtype auto on a CPU with AMX) another padding rounds differently."""
+    classifier = build_classifier(str(tiny_encoder_dir), task, 2, seed=0, dtype="float32").eval()
     texts = [text for text, _ in FALLBACK]
     with torch.no_grad():
         expected = classifier.label_logits(texts)
@@ -187,7 +189,8 @@ def test_frozen_features_give_the_uncached_logits_and_need_a_frozen_encoder(tiny
         assert len(classifier._features) == len(set(texts))
         classifier.encoder.embeddings.word_embeddings.weight.data.zero_()  # a cache hit ignores it
         again = classifier.label_logits(texts)
-    assert torch.allclose(first, expected, atol=1e-5) and torch.equal(again, first.detach())
+    assert torch.allclose(first, expected, atol=1e-5)
+    assert torch.allclose(again, first.detach(), atol=1e-6)  # the head's rows in another order round apart
     assert classifier._features is None
 
 
