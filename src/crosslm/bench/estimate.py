@@ -1,16 +1,16 @@
 """Estimated wall time of a bench cell, for ``crosslm bench --dry-run``: an estimate, not a promise.
 
-When cells of the same method and task have finished (preferably in the same setting), the
-estimate is the median of their measured wall times. Otherwise it comes from a size model whose
-constants are derived from the default experiment, ``benchmarks/results/sst2-default.json``
-(4 MiniLM clients x 128 examples, 3 rounds of 2 labels x 48 generated samples, 872 test sentences
-for the SLMs and the LLM, WikiText-2 2,048 tokens and 200 ARC-Easy questions before and after;
-2-core AMD EPYC). The file gives the total (903.9 s), the rounds (146.0 + 127.0 + 133.3 = 406.3 s)
-and the evaluation (398.9 s); the split of the evaluation between the SLMs (101.4 s, the clients'
-``eval_seconds``), the LLM's task accuracy (154.1 s) and its general ability (143.4 s) is the sum of
-those phases' ``seconds`` in the same run's metrics.jsonl (``runs/bench-sst2-default``, written by
-``python benchmarks/sst2_default.py``). The model assumes MiniLM-sized SLMs, Gemma 3 270M and
-SST-2-length texts; larger SLMs (SmolLM2-135M) and longer texts (AG News) take longer.
+When cells of the same method and task have finished (preferably in the same setting), the estimate
+is the median of their measured wall times. Otherwise it comes from a size model whose constants are
+derived from one run of the default experiment, ``benchmarks/results/sst2-default.json`` at commit
+7ad49dc (4 MiniLM clients x 128 examples, 3 rounds of 2 labels x 48 generated samples, 872 test
+sentences for the SLMs and the LLM, WikiText-2 2,048 tokens and 200 ARC-Easy questions before and
+after; 2-core AMD EPYC). The file gives the total (903.9 s), the rounds (146.0 + 127.0 + 133.3 =
+406.3 s) and the evaluation (398.9 s); the split of the evaluation between the SLMs (101.4 s, the
+clients' ``eval_seconds``), the LLM's task accuracy (154.1 s) and its general ability (143.4 s) is
+the sum of those phases' ``seconds`` in the same run's metrics.jsonl (``runs/bench-sst2-default``,
+written by ``python benchmarks/sst2_default.py``). The model assumes MiniLM-sized SLMs, Gemma 3 270M
+and SST-2-length texts; larger SLMs (SmolLM2-135M) and longer texts (AG News) take longer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ LOCAL_S_PER_EXAMPLE = (903.9 - 406.3 - 398.9) / (4 * 128)
 ROUND_S_PER_SAMPLE = 406.3 / (3 * 2 * 48)  # S1-S5, C1, C2 per generated sample
 SLM_EVAL_S_PER_ITEM = 101.4 / (4 * 4 * 872)  # 4 evaluations of 4 clients
 LLM_EVAL_S_PER_ITEM = 154.1 / (2 * 872)  # zero-shot (with calibration) and final
-S5_S_PER_SAMPLE = (60.1 + 51.3 + 45.3) / (76 + 82 + 80)  # S5 of the default run (sst2-default.json's run)
+S5_S_PER_SAMPLE = (60.1 + 51.3 + 45.3) / (76 + 82 + 80)  # S5 of that run
 GENERAL_EVAL_S = 143.4 / 2  # one evaluation of 2,048 WikiText-2 tokens and 200 ARC-Easy questions
 NOMINAL_TEST_SIZE = 1000  # test split size when no local data folder says otherwise
 
