@@ -126,8 +126,8 @@ class EncoderClassifier(TextClassifier):
                  compute_dtype: torch.dtype = torch.float32):
         """``pretrained``: returns the encoder as loaded, never trained (the realism votes' space);
         loaded only when asked for, since most runs never vote. ``compute_dtype`` bfloat16: the
-        encoder's matrix products run under autocast (weights, head and loss stay float32), about
-        2x faster on a CPU with AMX (docs/performance.md)."""
+        encoder's matrix products run under autocast (weights, head and loss stay float32): its
+        evaluation about 2x faster on a CPU with AMX (docs/performance.md)."""
         super().__init__()
         self.encoder, self.tokenizer, self.num_labels = encoder, tokenizer, num_labels
         self._pretrained = pretrained
