@@ -89,7 +89,8 @@ class ServerConfig(_Section):
     llm: str = Field(default="gemma3-270m", description="the LLM: an alias, hub id or local directory "
                                                         "of a causal LM")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="weights' dtype; auto: bfloat16 on GPUs that support it, else float32")
+        default="auto", description="weights' dtype; auto: bfloat16 on GPUs that support it and on CPUs "
+                                    "with AMX, else float32")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN,
                         description=f"where the LLM runs: {DEVICE_DESCRIPTION}; auto shards an LLM that "
                                     "fits no single GPU over several (device_map=auto)")
