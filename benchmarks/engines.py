@@ -4,12 +4,16 @@
 - flower-sim: Flower's Simulation Engine (Ray) on this machine;
 - flower (deployment): a SuperLink and one SuperNode per silo on 127.0.0.1, insecure,
   each SuperNode with its silo's data (the in-process partition, written to a file)
-  in its node config; every message runs in a fresh ClientApp process.
+  in its node config; every message runs in a fresh ClientApp process;
+- flower (deployment with silo workers): the same, and beside each SuperNode a
+  ``crosslm silo-worker`` to which each message's ClientApp hands its work
+  (``crosslm.runtime.silo_link``): the silo's model stays loaded between messages.
 
 A round's seconds are its wall time S1-S5 + C2 + C1 (C1 includes the clients' own
 evaluation in every engine), median over rounds 1..R; ``flower_deploy_overhead_pct``
 is the deployment's round time over the in-process one: what moving messages
-through Flower, and a fresh ClientApp process per message, cost. Per engine it also
+through Flower, and a fresh ClientApp process per message, cost
+(``flower_deploy_workers_overhead_pct``: the same with silo workers). Per engine it also
 records each round's engine overhead (see ``round_times``), the peak RSS of all its
 processes and the bytes per client per round.
 Writes benchmarks/results/engines.json. Run from the repo root:
@@ -41,7 +45,8 @@ from crosslm.reporting.summary import COMPUTE_PHASES
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path("runs/bench-engines")
-ENGINES = {"in_process": "in-process", "flower_sim": "flower-sim", "flower_deploy": "deploy/run"}
+ENGINES = {"in_process": "in-process", "flower_sim": "flower-sim", "flower_deploy": "deploy/run",
+           "flower_deploy_workers": "deploy-workers/run"}
 BIN = Path(sys.executable).parent
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
@@ -104,8 +109,9 @@ def crosslm(config: Path, output: Path, *args: str) -> dict:
     return json.loads((output / "summary.json").read_text())
 
 
-def deploy(config: Path, overrides: list[str], root: Path, output: Path) -> dict:
-    """SuperLink + one SuperNode per silo on loopback; run; stop every process started here."""
+def deploy(config: Path, overrides: list[str], root: Path, output: Path, workers: bool = False) -> dict:
+    """SuperLink + one SuperNode (and with ``workers`` a silo worker) per silo on loopback; run;
+    stop every process started here."""
     env = {**os.environ, **QUIET, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     port, procs = free_port(), []
     logs = root / "logs"
@@ -118,7 +124,7 @@ def deploy(config: Path, overrides: list[str], root: Path, output: Path) -> dict
     from crosslm.config import load_config
     from crosslm.runtime.flower_submit import export_silos
 
-    silos = export_silos(load_config(config, overrides), root / "silos")
+    silos = export_silos(load_config(config, overrides), root / "silos", workers=workers)
     # The silos share this machine's cores and run at once (in-process they take turns): each
     # gets its share of threads, as one would give co-located services; more threads than cores
     # makes every process wait on the others' spinning OpenMP threads.
@@ -126,7 +132,10 @@ def deploy(config: Path, overrides: list[str], root: Path, output: Path) -> dict
     try:
         start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(port),
                             "--disable-runtime-dependency-installation"])
-        for k, node_config in enumerate(silos):
+        for k, (node_config, worker) in enumerate(silos):
+            if worker is not None:
+                start(f"worker-{k}", [str(BIN / "crosslm"), "silo-worker", str(worker)],
+                      OMP_NUM_THREADS=threads)
             start(f"client-{k}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
                                   f"127.0.0.1:{port}", "--port", str(free_port()),
                                   "--node-config", node_config], OMP_NUM_THREADS=threads)
@@ -181,6 +190,8 @@ def main() -> None:
         "in_process": lambda: crosslm(config, ROOT / "in-process", *sets),
         "flower_sim": lambda: crosslm(config, ROOT / "flower-sim", "--engine", "flower-sim", *sets),
         "flower_deploy": lambda: deploy(config, deploy_sets, ROOT / "deploy", ROOT / "deploy" / "run"),
+        "flower_deploy_workers": lambda: deploy(config, deploy_sets, ROOT / "deploy-workers",
+                                                ROOT / "deploy-workers" / "run", workers=True),
     }
     summaries, peaks = {}, {}
     for name, run in runs.items():
@@ -194,16 +205,19 @@ def main() -> None:
         with PeakMemory() as peak:
             summaries[name] = run()
         peaks[name] = round(peak.peak_mb)
-    workers = {"in_process": 1, "flower_sim": min(os.cpu_count() or 1, num_clients),
-               "flower_deploy": num_clients}  # as run_simulation_engine sizes Ray
+    workers = {"in_process": 1,
+               "flower_sim": min(os.cpu_count() or 1, num_clients),  # as run_simulation_engine sizes Ray
+               "flower_deploy": num_clients, "flower_deploy_workers": num_clients}
     times = {name: round_times(ROOT / ENGINES[name], workers[name]) for name in summaries}
     seconds = {name: round(statistics.median(t["wall_s"] for t in rounds), 2)
                for name, rounds in times.items()}
-    both = {"in_process", "flower_deploy"} <= seconds.keys()
+    overhead = {name: round(100 * (seconds[name] / seconds["in_process"] - 1), 1)
+                for name in ("flower_deploy", "flower_deploy_workers")
+                if {"in_process", name} <= seconds.keys()}
     result = {
         **{f"{name}_round_s": seconds.get(name) for name in runs},
-        "flower_deploy_overhead_pct": (round(100 * (seconds["flower_deploy"] / seconds["in_process"] - 1), 1)
-                                       if both else None),
+        "flower_deploy_overhead_pct": overhead.get("flower_deploy"),
+        "flower_deploy_workers_overhead_pct": overhead.get("flower_deploy_workers"),
         "engine_overhead_s_median": {name: statistics.median(t["overhead_s"] for t in rounds)
                                      for name, rounds in times.items()},
         "rounds": times,

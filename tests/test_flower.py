@@ -273,6 +273,39 @@ def test_client_app_names_what_a_node_config_lacks(task_identity, tmp_path):
     assert "no 'silo-name'" in reply["error"]
 
 
+def test_a_client_app_hands_its_messages_to_the_silo_worker_its_node_config_names(task_identity, tmp_path):
+    """Without the worker running, the reply is an error naming it (the server leaves the silo out);
+    with a real `crosslm silo-worker` process, the worker answers (here: the node config lacks its data)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from crosslm.protocol import FitIns
+    from crosslm.runtime.flower_app import client_app
+
+    worker = tmp_path / "worker"
+    config = load_config(None, [f"output_dir={tmp_path}"])
+    context = Context(run_id=1, node_id=7, node_config={"silo-name": "north", "silo-worker": str(worker)},
+                      state=RecordDict(), run_config={"crosslm-config": config.model_dump_json()})
+
+    def fit() -> dict:
+        values = {"run-key": "r", "payload": encode(FitIns(0))}
+        message = Message(RecordDict({"crosslm": ConfigRecord(values)}), dst_node_id=7, message_type="train")
+        return dict(client_app(message, context).content.config_records["crosslm"])
+
+    reply = fit()
+    assert reply["silo"] == "north" and f"silo worker at {worker} not reachable" in reply["error"]
+    procs = Processes(tmp_path, {**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        procs.start("worker", [str(BIN / "crosslm"), "silo-worker", str(worker)], tmp_path)
+        _wait(lambda: (worker / "worker.sock").exists(), 60, "the worker's socket", procs.started["worker"])
+        assert (worker / "worker.key").stat().st_mode & 0o077 == 0  # only the silo's user reads the key
+        reply = fit()
+        assert reply["silo"] == "north" and "no 'data-path' in --node-config" in reply["error"]
+    finally:
+        procs.kill_all()
+    assert "north: error: CrossLMError: silo north: its SuperNode has no 'data-path'" in (
+        tmp_path / "worker.log").read_text()
+
+
 def test_export_silos_writes_the_in_process_partition(tmp_path, shared_data, monkeypatch):
     from crosslm.federation_setup import load_experiment_data
 
@@ -290,6 +323,11 @@ def test_export_silos_writes_the_in_process_partition(tmp_path, shared_data, mon
     assert [(r["text"], r["label"]) for r in written] == [(e.text, e.label) for e in silo.train]
     assert len(_jsonl(tmp_path / "silos/client-1/validation.jsonl")) == 4
     assert len(_jsonl(tmp_path / "silos/client-1/test.jsonl")) == 5
+    result = CliRunner().invoke(app, ["export-silos", "--out", str(tmp_path / "silos"), "--workers",
+                                      *[a for o in sets for a in ("--set", o)]])
+    worker = tmp_path / "silos/client-1/worker"
+    assert result.exit_code == 0 and f"crosslm silo-worker {worker} &" in result.stdout
+    assert f'silo-worker="{worker}"' in result.stdout.splitlines()[-1]
 
 
 # -- simulation -------------------------------------------------------------------------------
@@ -407,15 +445,17 @@ class Deployment:
     rounds: int = 3
 
 
-def _node_config(silo: str, root: Path, slm: Path) -> str:
+def _node_config(silo: str, root: Path, slm: Path, worker: Path | None = None) -> str:
     values = {"silo-name": silo, "data-path": root / silo / "train.jsonl",
-              "test-path": root / silo / "test.jsonl", "state-dir": root / silo / "state", "slm": slm}
+              "test-path": root / silo / "test.jsonl", "state-dir": root / silo / "state", "slm": slm,
+              **({"silo-worker": worker} if worker else {})}
     return " ".join(f'{key}="{value}"' for key, value in values.items())
 
 
-def _supernode(silo: str, root: Path, port: int, node_port: int, slm: Path) -> list[str]:
+def _supernode(silo: str, root: Path, port: int, node_port: int, slm: Path, worker: Path | None = None
+               ) -> list[str]:
     return [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-            "--port", str(node_port), "--node-config", _node_config(silo, root, slm)]
+            "--port", str(node_port), "--node-config", _node_config(silo, root, slm, worker)]
 
 
 def _registered_nodes(env: dict[str, str]) -> int:
@@ -436,7 +476,8 @@ def _completed(run: Path) -> int:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, shared_data, tiny_causal_dir) -> Deployment:
-    """SuperLink + 3 SuperNodes on loopback; 3 rounds; silo-2 killed after round 1, back after round 2."""
+    """SuperLink + 3 SuperNodes on loopback; 3 rounds; silo-2 killed after round 1, back after round 2.
+    silo-0's ClientApps hand their messages to its `crosslm silo-worker`."""
     root = tmp_path_factory.mktemp("deploy")
     logs = root / "logs"
     logs.mkdir()
@@ -457,8 +498,11 @@ def deployment(tmp_path_factory, shared_data, tiny_causal_dir) -> Deployment:
         procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(port),
                                   "--disable-runtime-dependency-installation"], root)
         _wait(lambda: _port_open(port), 60, "the SuperLink", procs.started["superlink"])
+        worker = root / "silo-0" / "worker"
+        procs.start("silo-0-worker", [str(BIN / "crosslm"), "silo-worker", str(worker)], root)
         for silo in silos:
-            procs.start(silo, _supernode(silo, root, port, node_ports[silo], tiny_causal_dir), root)
+            procs.start(silo, _supernode(silo, root, port, node_ports[silo], tiny_causal_dir,
+                                         worker if silo == "silo-0" else None), root)
         _wait(lambda: _registered_nodes(env) >= 3, 90, "3 SuperNodes")
         crosslm = procs.start("crosslm", [str(BIN / "crosslm"), "run", str(config), "--engine", "flower",
                                           "--superlink", f"127.0.0.1:{port}"], root)
@@ -490,6 +534,13 @@ def test_deployment_runs_every_round_with_state_at_the_nodes(deployment):
         state = deployment.state[silo] / run_key
         assert [r["round"] for r in _jsonl(state / "metrics.jsonl")] == [0, 1, 2, 3]
         assert (state / "model-r3.safetensors").is_file() and (state / "accepted-r3.jsonl").is_file()
+
+
+def test_a_silo_worker_answered_every_message_of_its_silo(deployment):
+    """silo-0's round 0 and three rounds of scoring and training: 7 messages, all answered there."""
+    lines = (deployment.logs / "silo-0-worker.log").read_text().splitlines()
+    answered = [line for line in lines if line.startswith("silo-0: answered")]
+    assert len(answered) == 7 and not [line for line in lines if "error" in line], lines
 
 
 def test_a_killed_supernode_sits_its_round_out_and_rejoins(deployment):

@@ -153,17 +153,37 @@ def export_silos_command(
     set_: Annotated[list[str], typer.Option("--set", help="override a setting: key=value")] = [],  # noqa: B006
     superlink: Annotated[str, typer.Option(help="the SuperLink address the commands use")
                          ] = "127.0.0.1:8000",
+    workers: Annotated[bool, typer.Option(help="give each silo a `crosslm silo-worker` that keeps its "
+                                               "model loaded between messages")] = False,
 ) -> None:
     """Write each silo's data as files and print a SuperNode command per silo (a local Flower trial)."""
     from crosslm.runtime.flower_submit import export_silos
 
     try:
-        node_configs = export_silos(load_config(config, list(set_)), out)
+        node_configs = export_silos(load_config(config, list(set_)), out, workers=workers)
     except CrossLMError as err:
         _fail(err)
-    for k, node_config in enumerate(node_configs):
+    for k, (node_config, worker) in enumerate(node_configs):
+        if worker is not None:
+            print(f"crosslm silo-worker {worker} &")
         print(f"flower-supernode --insecure --superlink {superlink} --port {9094 + k} "
               f"--node-config '{node_config}'")
+
+
+@app.command("silo-worker")
+def silo_worker(
+    folder: Annotated[Path, typer.Argument(help="the folder the SuperNode's node config names as "
+                                                "silo-worker: its socket and key go there")],
+) -> None:
+    """Answer this silo's Flower messages from one long-running process (docs/flower.md)."""
+    from crosslm.runtime.silo_worker import serve
+
+    try:
+        serve(folder, progress=lambda line: print(line, flush=True))  # a log line per message, unwrapped
+    except CrossLMError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        console.print("silo worker stopped")
 
 
 @app.command()

@@ -33,6 +33,7 @@ from crosslm.config import ExperimentConfig
 from crosslm.errors import CrossLMError
 from crosslm.protocol import decode, encode
 from crosslm.rundir import RunDir, write_atomic
+from crosslm.runtime import silo_link
 from crosslm.runtime.flower import RECORD, FlowerFederation, wire_log
 from crosslm.runtime.flower_submit import QUIET_ENV
 from crosslm.tasks.data import load_split, read_examples, resolve_data_dir
@@ -64,10 +65,10 @@ _clients: dict[tuple[str, str], Client] = {}  # by (run key, silo): a Ray actor 
 _silos_of: dict[str, ExperimentData] = {}  # by experiment config JSON, in simulation
 
 
-def silo_name(context: Context, setup: SimulationSetup | None) -> str:
+def silo_name(node_config: dict, setup: SimulationSetup | None) -> str:
     if setup is not None:
-        return f"client-{int(context.node_config['partition-id'])}"
-    name = context.node_config.get("silo-name")
+        return f"client-{int(node_config['partition-id'])}"
+    name = node_config.get("silo-name")
     if not isinstance(name, str) or not name:
         raise CrossLMError("this SuperNode has no 'silo-name' in its --node-config")
     return name
@@ -131,13 +132,14 @@ def _simulated_client(setup: SimulationSetup, silo: str) -> Client:
     return build_client(config, _silos_of[key], int(silo.removeprefix("client-")), setup.state_root)
 
 
-def _client(context: Context, setup: SimulationSetup | None, run_key: str, silo: str) -> Client:
+def _client(run_config: dict, node_config: dict, setup: SimulationSetup | None, run_key: str,
+            silo: str) -> Client:
     if (run_key, silo) not in _clients:
         if setup is not None:
             _clients[run_key, silo] = _simulated_client(setup, silo)
         else:
-            config = config_from_run_config(context.run_config)
-            _clients[run_key, silo] = _node_client(config, dict(context.node_config), silo, run_key)
+            config = config_from_run_config(run_config)
+            _clients[run_key, silo] = _node_client(config, node_config, silo, run_key)
     return _clients[run_key, silo]
 
 
@@ -146,17 +148,26 @@ def _reply(message: Message, values: dict) -> Message:
     return Message(RecordDict({RECORD: ConfigRecord(values)}), reply_to=message)
 
 
-def _handle(message: Message, context: Context, setup: SimulationSetup | None) -> Message:
-    """Decode, let the Client handle it, encode. Errors go back as text, never as private data."""
-    values = dict(message.content.config_records[RECORD])
+def answer(values: dict, node_config: dict, run_config: dict, setup: SimulationSetup | None = None) -> dict:
+    """A message's reply values: decode, let the silo's Client handle it, encode. Errors go back as
+    text, never as private data. Run in the ClientApp, or in the silo's worker (``silo_link``)."""
     silo = ""
     try:
-        silo = silo_name(context, setup)
-        client = _client(context, setup, str(values["run-key"]), silo)
-        reply = encode(client.handle(decode(bytes(values["payload"]))))
-        return _reply(message, {"silo": silo, "payload": reply})
+        silo = silo_name(node_config, setup)
+        client = _client(run_config, node_config, setup, str(values["run-key"]), silo)
+        return {"silo": silo, "payload": encode(client.handle(decode(bytes(values["payload"]))))}
     except Exception as err:  # noqa: BLE001 - the server leaves this client out of the round
-        return _reply(message, {"silo": silo, "error": f"{type(err).__name__}: {err}"})
+        return {"silo": silo, "error": f"{type(err).__name__}: {err}"}
+
+
+def _handle(message: Message, context: Context, setup: SimulationSetup | None) -> Message:
+    """Answer here, or hand the message to the silo's worker if its node config names one."""
+    request = {"values": dict(message.content.config_records[RECORD]),
+               "node_config": dict(context.node_config), "run_config": dict(context.run_config)}
+    worker = request["node_config"].get("silo-worker") if setup is None else None
+    if worker:
+        return _reply(message, silo_link.forward(Path(str(worker)).expanduser(), request))
+    return _reply(message, answer(**request, setup=setup))
 
 
 def make_client_app(setup: SimulationSetup | None = None) -> ClientApp:
@@ -166,7 +177,7 @@ def make_client_app(setup: SimulationSetup | None = None) -> ClientApp:
     @app.query("hello")
     def hello(message: Message, context: Context) -> Message:
         try:
-            return _reply(message, {"silo": silo_name(context, setup)})
+            return _reply(message, {"silo": silo_name(dict(context.node_config), setup)})
         except Exception as err:  # noqa: BLE001
             return _reply(message, {"error": f"{type(err).__name__}: {err}"})
 

@@ -93,8 +93,9 @@ def _json(text: str) -> dict:
         return {}
 
 
-def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
-    """Write each in-process silo's private data and test split to files; the node config of each.
+def export_silos(config: ExperimentConfig, out: Path, workers: bool = False) -> list[tuple[str, Path | None]]:
+    """Write each in-process silo's private data and test split to files; the node config of each,
+    and with ``workers`` the folder of its ``crosslm silo-worker`` (which the node config names).
 
     For trying a deployment on one machine with the partition in-process runs use.
     """
@@ -113,10 +114,12 @@ def export_silos(config: ExperimentConfig, out: Path) -> list[str]:
         for name, rows in files.values():
             lines = "".join(json.dumps({"text": r.text, "label": r.label}) + "\n" for r in rows)
             (folder / name).write_text(lines, encoding="utf-8")
+        worker = folder / "worker" if workers else None
         values = {"silo-name": assigned.name, **{key: folder / name for key, (name, _) in files.items()},
-                  "state-dir": folder / "state", "slm": assigned.model}
-        node_configs.append(" ".join(f'{key}="{value}"' for key, value in values.items())
-                            + f" seed={assigned.seed}")  # the in-process client's seed
+                  "state-dir": folder / "state", "slm": assigned.model,
+                  **({"silo-worker": worker} if worker else {})}
+        node_configs.append((" ".join(f'{key}="{value}"' for key, value in values.items())
+                             + f" seed={assigned.seed}", worker))  # the in-process client's seed
     return node_configs
 
 
