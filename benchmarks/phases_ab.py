@@ -9,6 +9,9 @@ and for another one, e.g. a worktree of an older commit at ../old:
 
     PYTHONPATH=../old/src .venv/bin/python benchmarks/phases_ab.py --label old --out runs/phases-old.json
 
+``--dtype float32`` or ``bfloat16`` sets the models' numeric type (the LLM's weights, the
+encoder's autocast) instead of ``auto``, to compare the two on one CPU.
+
 Only APIs that both sides of the issue-28 comparison have are used.
 """
 
@@ -48,17 +51,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--label", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
     data = Path(os.environ["CROSSLM_DATA_DIR"])
     task = load_task("sst2")
     test, train = load_split(task, "test", data), load_split(task, "train", data)
     results: dict = {}
-    slm = build_classifier("minilm-l6", task, 8, 0)
+    slm = build_classifier("minilm-l6", task, 8, 0, dtype=args.dtype)
     timed(results, "slm_test_accuracy_872", lambda: accuracy(slm, test))
     items = [TrainItem(ex.text, ex.label) for ex in train[:224]]
     timed(results, "slm_train_224x1", lambda: train_classifier(slm, items, lr=5e-5, epochs=1, batch_size=16,
                                                                seed=0))
-    llm = ServerLLM("gemma3-270m", task, 8, 0)
+    llm = ServerLLM("gemma3-270m", task, 8, 0, dtype=args.dtype)
     timed(results, "llm_task_accuracy_256",
           lambda: task_accuracy(llm.classifier, test[:256], True)["accuracy_calibrated"])
     model = llm.language_model()
@@ -73,8 +77,8 @@ def main() -> None:
     timed(results, "s3_filtered_sft_32", lambda: server.improve_generator(scored, 1))
     timed(results, "s5_enhance_32x2", lambda: server.enhance(scored, 1))
     results["candidates"] = len(candidates)
-    result = {"label": args.label, "crosslm_file": crosslm.__file__, "torch": torch.__version__,
-              "phases": results}
+    result = {"label": args.label, "dtype": args.dtype, "crosslm_file": crosslm.__file__,
+              "torch": torch.__version__, "phases": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
