@@ -43,7 +43,7 @@ def make_optimizer(parameters: list[torch.nn.Parameter], lr: float, kind: str = 
     """AdamW, or Adafactor (factored second moments, no first moment): less optimizer memory.
 
     AdamW runs fused (one kernel for all tensors) on CPUs and CUDA GPUs: PyTorch's default on a
-    CPU updates tensor by tensor, 86 ms a step for MiniLM's 22.7M parameters against 15 ms fused,
+    CPU updates tensor by tensor, 72 ms a step for MiniLM's 22.7M parameters against 16 ms fused,
     a third of a client's training time (``benchmarks/optimizer_step.py``).
     """
     parameters = list(parameters)
