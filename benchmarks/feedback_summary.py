@@ -8,7 +8,8 @@ results folders (the records ``crosslm bench`` kept there), and writes into ``be
   spec it came from, and the meter's generated-data figures per round, mean over seeds);
 - ``feedback.md``: the table, the issue's targets for every CrossLM row against
   ``synthetic-no-feedback`` on the seeds both have, the machine and the commands;
-- ``plots/feedback-regimes.png``: SLM accuracy by private examples per client.
+- ``plots/feedback-regimes.png``: by private examples per client, the SLMs' and the LLM's accuracy and
+  how often the judges and the generator's labels agree with the oracle.
 
 From the repo root, after ``crosslm bench`` on either spec:
 
@@ -44,6 +45,8 @@ KEYS = ("task", "setting", "method", "examples_per_client", "seeds", "slm_acc_me
         "oracle_fidelity_accepted", "distinct_2", "judge_accuracy_mean", "closeness_generated",
         "closeness_accepted", "collapsed_clients")
 BY_ROUND = ("oracle_fidelity_generated", "closeness_generated")
+EXAMPLES = (32, 128, 512)  # private examples per client in the two specs
+COLOURS = {"local-only": "tab:gray", REFERENCE: "tab:blue", "crosslm": "tab:orange"}
 
 
 def _by_round(records: list[Path]) -> dict[str, list[float | None]]:
@@ -209,32 +212,80 @@ def markdown(rows: list[dict]) -> str:
              "Points, paired by seed; a variant replaces `crosslm`'s default only if its mean over the "
              "three tasks is clearly above the default's (a tie keeps it; docs/results.md).", "",
              *_table(["method", *TASKS, "mean over tasks"], choice(rows)),
-             "", "![SLM accuracy by private examples per client](plots/feedback-regimes.png)", ""]
+             "", "## Where the feedback pays: `crosslm` against synthetic-no-feedback", "",
+             "Points, paired by seed (test split); judges: the clients' agreement with the oracle on the "
+             "batch they scored (last round); generator: how often the oracle agrees with the intended label "
+             "of synthetic-no-feedback's texts.", "",
+             *_table(["task", "examples/client", "seeds", "SLM gain", "LLM gain", "judges vs oracle",
+                      "generator's labels vs oracle", "accepted vs oracle"], regimes(rows)),
+             "", "![Accuracy and label agreement by private examples per client](plots/feedback-regimes.png)",
+             ""]
     return "\n".join(lines)
 
 
+def _homogeneous(rows: list[dict], task: str, method: str) -> list[dict]:
+    """A task's homogeneous rows of one method, by private examples per client (both specs)."""
+    return sorted((r for r in rows if r["task"] == task and r["method"] == method
+                   and r["setting"].startswith("homogeneous")), key=lambda r: r["examples_per_client"])
+
+
+def regimes(rows: list[dict]) -> list[list[str]]:
+    """Where the feedback pays: ``crosslm`` against plain synthetic data at each number of private
+    examples per client (paired by seed), beside how often the judges and the generator are right."""
+    out = []
+    for task in TASKS:
+        reference = {r["examples_per_client"]: r for r in _homogeneous(rows, task, REFERENCE)}
+        for row in _homogeneous(rows, task, "crosslm"):
+            ref = reference.get(row["examples_per_client"])
+            if ref is None:
+                continue
+            gains = []
+            for key in ("slm_acc", "llm_acc"):
+                value, base, seeds = _paired(row, ref, key)
+                gains.append("-" if value is None else f"{100 * (value - base):+.1f}")
+            out.append([task, str(row["examples_per_client"]), ",".join(seeds), *gains,
+                        _pct(row["judge_accuracy_mean"]), _pct(ref["oracle_fidelity_generated"]),
+                        _pct(row["oracle_fidelity_accepted"])])
+    return out
+
+
 def plot(rows: list[dict], out: Path) -> Path:
-    """SLM accuracy against private examples per client, per task: where the feedback pays."""
-    tasks = sorted({r["task"] for r in rows if r["spec"] == "feedback-regimes.yaml"}) or sorted(
-        {r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for method in ("local-only", REFERENCE, "crosslm"):
-            points = sorted((r["examples_per_client"], r["slm_acc_mean"], r["slm_acc_std"] or 0.0)
-                            for r in rows if r["task"] == task and r["method"] == method
-                            and r["slm_acc_mean"] is not None and r["setting"].startswith("homogeneous"))
+    """Per task, against private examples per client: the SLMs' and the LLM's test accuracy, and how
+    often the judges and the generator agree with the oracle; the feedback pays where judges beat it."""
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    fig, axes = plt.subplots(3, len(tasks), figsize=(4.5 * len(tasks), 9.6), squeeze=False)
+    panels = (("slm_acc", "SLM test accuracy (%)", ("local-only", REFERENCE, "crosslm")),
+              ("llm_acc", "LLM test accuracy (%)", (REFERENCE, "crosslm")))
+    for column, task in enumerate(tasks):
+        for ax, (key, ylabel, methods) in zip(axes[:2, column], panels, strict=True):
+            for method in methods:
+                points = [(r["examples_per_client"], r[f"{key}_mean"], r[f"{key}_std"] or 0.0)
+                          for r in _homogeneous(rows, task, method) if r[f"{key}_mean"] is not None]
+                if points:
+                    x, y, err = zip(*points, strict=True)
+                    ax.errorbar(x, [100 * v for v in y], yerr=[100 * e for e in err], marker="o", capsize=3,
+                                label=method, color=COLOURS[method])
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        axes[0, column].set_title(task)
+        ax = axes[2, column]
+        for method, key, label, colour in (
+                ("crosslm", "judge_accuracy_mean", "judges (crosslm's SLMs)", "tab:purple"),
+                (REFERENCE, "oracle_fidelity_generated", "generator's intended labels", "tab:brown")):
+            points = [(r["examples_per_client"], 100 * r[key]) for r in _homogeneous(rows, task, method)
+                      if r[key] is not None]
             if points:
-                x, y, err = zip(*points, strict=True)
-                ax.errorbar(x, [100 * v for v in y], yerr=[100 * e for e in err], marker="o", capsize=3,
-                            label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_title(task)
+                ax.plot(*zip(*points, strict=True), marker="o", label=label, color=colour)
+        ax.set_ylabel("agree with the oracle (%)")
         ax.set_xlabel("private examples per client")
-        ax.set_ylabel("SLM test accuracy (%)")
         ax.legend(fontsize=8)
+        for ax in axes[:, column]:
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(24, 680)
+            ax.set_xticks(EXAMPLES, [str(n) for n in EXAMPLES])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
