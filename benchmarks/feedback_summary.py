@@ -239,14 +239,22 @@ def regimes(rows: list[dict]) -> list[list[str]]:
             ref = reference.get(row["examples_per_client"])
             if ref is None:
                 continue
+            _, _, seeds = _paired(row, ref, "slm_acc")
             gains = []
             for key in ("slm_acc", "llm_acc"):
-                value, base, seeds = _paired(row, ref, key)
+                value, base, _ = _paired(row, ref, key)
                 gains.append("-" if value is None else f"{100 * (value - base):+.1f}")
+            agreement = [_seed_mean(source, key, seeds) for source, key in (
+                (row, "judge_accuracy_mean"), (ref, "oracle_fidelity_generated"),
+                (row, "oracle_fidelity_accepted"))]
             out.append([task, str(row["examples_per_client"]), ",".join(seeds), *gains,
-                        _pct(row["judge_accuracy_mean"]), _pct(ref["oracle_fidelity_generated"]),
-                        _pct(row["oracle_fidelity_accepted"])])
+                        *map(_pct, agreement)])
     return out
+
+
+def _seed_mean(row: dict, key: str, seeds: list[str]) -> float | None:
+    values = [row["by_seed"][s].get(key) for s in seeds]
+    return statistics.mean(values) if values and None not in values else None
 
 
 def plot(rows: list[dict], out: Path) -> Path:
