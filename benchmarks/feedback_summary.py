@@ -46,7 +46,7 @@ KEYS = ("task", "setting", "method", "examples_per_client", "seeds", "slm_acc_me
         "closeness_accepted", "collapsed_clients")
 BY_ROUND = ("oracle_fidelity_generated", "closeness_generated")
 EXAMPLES = (32, 128, 512)  # private examples per client in the two specs
-COLOURS = {"local-only": "tab:gray", REFERENCE: "tab:blue", "crosslm": "tab:orange"}
+COLOURS = {"local-only": "tab:gray", REFERENCE: "tab:blue", "crosslm": "tab:orange", "centralized": "black"}
 
 
 def _by_round(records: list[Path]) -> dict[str, list[float | None]]:
@@ -120,7 +120,12 @@ def targets(rows: list[dict]) -> list[list[str]]:
                     _status(learned)])
         out += _llm_targets(row, by_key.get((task, setting, "llm-zero-shot")),
                             by_key.get((task, setting, "centralized-llm")))
-    for (task, _, method), row in by_key.items():
+    for (task, setting, method), row in by_key.items():
+        ref = by_key.get((task, setting, REFERENCE))
+        if method == "centralized" and ref is not None:
+            value, reference, seeds = _paired(row, ref, "slm_acc")
+            out.append([task, method, "SLM upper reference (no target): room above synthetic-no-feedback",
+                        ",".join(seeds), _pct(value), _pct(reference), "-"])
         if method == "local-only" and row["collapsed_clients"] is not None:
             out.append([task, method, "no collapsed client model", ",".join(str(s) for s in row["seeds"]),
                         str(row["collapsed_clients"]), "0", _status(row["collapsed_clients"] == 0)])
@@ -262,7 +267,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     often the judges and the generator agree with the oracle; the feedback pays where judges beat it."""
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     fig, axes = plt.subplots(3, len(tasks), figsize=(4.5 * len(tasks), 9.6), squeeze=False)
-    panels = (("slm_acc", "SLM test accuracy (%)", ("local-only", REFERENCE, "crosslm")),
+    panels = (("slm_acc", "SLM test accuracy (%)", ("local-only", REFERENCE, "crosslm", "centralized")),
               ("llm_acc", "LLM test accuracy (%)", (REFERENCE, "crosslm")))
     for column, task in enumerate(tasks):
         for ax, (key, ylabel, methods) in zip(axes[:2, column], panels, strict=True):
