@@ -221,7 +221,8 @@ def markdown(rows: list[dict]) -> str:
              "Points, paired by seed (test split); judges: the clients' agreement with the oracle on the "
              "batch they scored (last round); generator: how often the oracle agrees with the intended label "
              "of synthetic-no-feedback's texts.", "",
-             *_table(["task", "examples/client", "seeds", "SLM gain", "LLM gain", "judges vs oracle",
+             *_table(["task", "examples/client", "seeds", "SLM acc: plain → crosslm (gain)",
+                      "LLM acc: plain → crosslm (gain)", "judges vs oracle",
                       "generator's labels vs oracle", "accepted vs oracle"], regimes(rows)),
              "", "![Accuracy and label agreement by private examples per client](plots/feedback-regimes.png)",
              ""]
@@ -248,7 +249,8 @@ def regimes(rows: list[dict]) -> list[list[str]]:
             gains = []
             for key in ("slm_acc", "llm_acc"):
                 value, base, _ = _paired(row, ref, key)
-                gains.append("-" if value is None else f"{100 * (value - base):+.1f}")
+                gains.append("-" if value is None else
+                             f"{_pct(base)} → {_pct(value)} ({100 * (value - base):+.1f})")
             agreement = [_seed_mean(source, key, seeds) for source, key in (
                 (row, "judge_accuracy_mean"), (ref, "oracle_fidelity_generated"),
                 (row, "oracle_fidelity_accepted"))]
