@@ -46,6 +46,11 @@ KEYS = ("task", "setting", "method", "examples_per_client", "seeds", "slm_acc_me
         "closeness_accepted", "collapsed_clients")
 BY_ROUND = ("oracle_fidelity_generated", "closeness_generated")
 EXAMPLES = (32, 128, 512)  # private examples per client in the two specs
+# no target: how far above plain synthetic data the SLMs could go, with real data or a perfect label filter
+UPPER_REFERENCES = {
+    "centralized": "SLM upper reference (no target): room above synthetic-no-feedback",
+    "oracle-filtered": "SLM with a perfect label filter (no target): against synthetic-no-feedback",
+}
 COLOURS = {"local-only": "tab:gray", REFERENCE: "tab:blue", "crosslm": "tab:orange", "centralized": "black"}
 
 
@@ -122,10 +127,10 @@ def targets(rows: list[dict]) -> list[list[str]]:
                             by_key.get((task, setting, "centralized-llm")))
     for (task, setting, method), row in by_key.items():
         ref = by_key.get((task, setting, REFERENCE))
-        if method == "centralized" and ref is not None:
+        if method in UPPER_REFERENCES and ref is not None:
             value, reference, seeds = _paired(row, ref, "slm_acc")
-            out.append([task, method, "SLM upper reference (no target): room above synthetic-no-feedback",
-                        ",".join(seeds), _pct(value), _pct(reference), "-"])
+            out.append([task, method, UPPER_REFERENCES[method], ",".join(seeds), _pct(value), _pct(reference),
+                        "-"])
         if method == "local-only" and row["collapsed_clients"] is not None:
             out.append([task, method, "no collapsed client model", ",".join(str(s) for s in row["seeds"]),
                         str(row["collapsed_clients"]), "0", _status(row["collapsed_clients"] == 0)])

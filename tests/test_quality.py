@@ -133,3 +133,18 @@ def test_experiment_measures_data_quality_every_round(runner, tmp_path, tiny_cau
     assert record["oracle_cached"] is True and record["judge_accuracy"] == {}
     assert summary["judge_accuracy_mean"] is None
     assert summary["oracle_fidelity_generated"] == summary["oracle_fidelity_accepted"]
+
+    # oracle-filtered: S4 keeps exactly the samples the oracle labels as intended
+    _, metrics, _ = _run(runner, config, tmp_path / "oracle", *meter, "rounds=1", "method=oracle-filtered")
+    (record,) = [m for m in metrics if m["phase"] == "E-data-quality"]
+    generated, accepted = record["generated"], record["accepted"]
+    assert accepted["n"] == round(generated["n"] * generated["oracle_fidelity"])
+    assert accepted["oracle_fidelity"] in (None, 1.0)  # None: the oracle agreed with no sample
+    (fit,) = [m for m in metrics if m["phase"] == "C1-fit" and m["round"] == 1]
+    assert all(c["metrics"]["num_accepted"] == accepted["n"] for c in fit["clients"].values())
+
+    # without the meter there is no oracle to filter with: refused before anything is written
+    refused = runner.invoke(app, ["run", str(config), "--output-dir", str(tmp_path / "no-meter"),
+                                  "--set", "method=oracle-filtered"])
+    assert refused.exit_code != 0 and "evaluation.data_quality=true" in refused.output
+    assert not (tmp_path / "no-meter").exists()

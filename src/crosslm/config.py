@@ -412,6 +412,9 @@ def check_method(config: ExperimentConfig) -> None:
     if method.one_slm and len(set(config.clients.slm)) > 1:
         raise CrossLMError(f"method {method.name} averages weights, so every client needs the same SLM; "
                            f"clients.slm is {config.clients.slm}")
+    if method.oracle_filtered and not config.evaluation.data_quality:
+        raise CrossLMError(f"method {method.name} filters with the data-quality meter's oracle; set "
+                           "evaluation.data_quality=true")
     if config.engine not in method.engines:
         raise CrossLMError(f"method {method.name} runs {' or '.join(method.engines)} only; "
                            f"engine is {config.engine}")
@@ -424,8 +427,8 @@ def check_private(config: ExperimentConfig) -> None:
     if not method_spec(config.method).private:  # the LLM-only baselines have no clients: privacy is moot
         private = [m.name for m in METHODS if m.private and m.clients]
         raise CrossLMError(f"privacy: method {config.method} is not trained with DP (fedavg sends weights "
-                           f"every round, centralized pools the silos); {', '.join(private[:-1])} and "
-                           f"{private[-1]} are")
+                           "every round, centralized pools the silos, oracle-filtered filters with a model "
+                           f"of real training data); {', '.join(private[:-1])} and {private[-1]} are")
     if config.feedback.strategy in REALISM_STRATEGIES:
         raise CrossLMError(f"privacy: feedback.strategy {config.feedback.strategy} asks each client for "
                            "vote counts of its private examples, which DP does not cover; use "

@@ -29,6 +29,8 @@ class MethodSpec:
     # local training and the LLM before enhancement)
     rounds: Rounds
     judged: bool = False  # generate: the SLMs score the samples (C2, S2, S3, S4); else all are accepted
+    # generate, unjudged: S4 keeps only the samples the data-quality meter's oracle labels as intended
+    oracle_filtered: bool = False
     pooled: bool = False  # one client per distinct SLM, trained on the union of the silos
     few_shot_prompt: bool = False  # the LLM classifies with labelled public demonstrations in its prompt
     one_slm: bool = False  # every client must have the same SLM (weights are averaged)
@@ -70,6 +72,10 @@ METHODS: tuple[MethodSpec, ...] = (
                private=False, not_read=("clients.slm", "privacy", "audit", ENHANCEMENT)),
     MethodSpec("synthetic-no-feedback", "CrossLM's rounds with every generated sample accepted unjudged",
                server=True, clients=True, rounds="generate",
+               not_read=("feedback", "selection", "aggregation")),
+    MethodSpec("oracle-filtered", "synthetic-no-feedback keeping only the samples the data-quality "
+               "meter's oracle labels as intended: the upper reference for label feedback", server=True,
+               clients=True, rounds="generate", oracle_filtered=True, private=False,
                not_read=("feedback", "selection", "aggregation")),
 )
 

@@ -152,8 +152,11 @@ class RoundLoop:
                        "kept": len(candidates), "dropped": dropped}
         if not candidates:
             raise CrossLMError(f"round {round_}: every generated sample was degenerate")
-        if not method_spec(self.config.method).judged:  # synthetic-no-feedback
+        method = method_spec(self.config.method)
+        if not method.judged:  # synthetic-no-feedback, oracle-filtered
             scored = accepted = self.server.accept_unjudged(candidates)
+            if method.oracle_filtered:
+                accepted = self.quality.labelled_as_intended(accepted)
         else:
             scored, accepted = self._judge(candidates)
         accepted_ids = {id(s) for s in accepted}

@@ -83,6 +83,15 @@ class DataQualityMeter:
         record["judge_accuracy_mean"] = _mean(judges.values())
         return record
 
+    def labelled_as_intended(self, samples: list[ScoredSample]) -> list[ScoredSample]:
+        """The samples whose intended label the oracle agrees with: method oracle-filtered's S4, which
+        shows how far a perfect label filter would take the round (the oracle has seen real data, so
+        no federated method can do this)."""
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            self._instruments()
+            labels = self._oracle.labels([s.text for s in samples])
+        return [s for s, label in zip(samples, labels, strict=True) if label == s.label]
+
     def _set_figures(self, samples: list, oracle_labels: dict[str, int], embeddings: dict) -> dict:
         names = self.task.labels
         texts, labels = [s.text for s in samples], [s.label for s in samples]
