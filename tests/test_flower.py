@@ -300,6 +300,9 @@ def test_a_client_app_hands_its_messages_to_the_silo_worker_its_node_config_name
         assert (worker / "worker.key").stat().st_mode & 0o077 == 0  # only the silo's user reads the key
         reply = fit()
         assert reply["silo"] == "north" and "no 'data-path' in --node-config" in reply["error"]
+        # the worker logs a message's outcome after replying: killed at once, it may not have yet
+        _wait(lambda: "north: error:" in (tmp_path / "worker.log").read_text(), 30,
+              "the worker's log line", procs.started["worker"])
     finally:
         procs.kill_all()
     assert "north: error: CrossLMError: silo north: its SuperNode has no 'data-path'" in (
