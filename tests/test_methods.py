@@ -108,3 +108,21 @@ def test_average_weights_by_examples_and_keeps_integer_buffers():
     replies = {"a": AverageRes(0, 3, pack_weights(a), 0.5), "b": AverageRes(0, 1, pack_weights(b), 0.5)}
     out = average(replies, a)
     assert torch.equal(out["w"], torch.tensor([1.0, 5.0])) and torch.equal(out["ids"], a["ids"])
+
+
+def test_a_round_that_relabels_accepts_every_text_under_the_judges_label(runner, tmp_path, tiny_causal_dir,
+                                                                          tiny_encoder_dir):
+    config = _config(tmp_path, tiny_causal_dir, [tiny_encoder_dir], rounds=1)
+    result = runner.invoke(app, ["run", str(config), "--output-dir", str(tmp_path / "run"), "--set",
+                                 "selection.flips=relabel", "--set", "selection.balance=false",
+                                 "--set", "selection.threshold=top-label"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in (tmp_path / "run/rounds/001/samples.jsonl").open()]
+    top = [max(range(len(s["soft_label"])), key=s["soft_label"].__getitem__) for s in samples]
+    assert samples and all(s["accepted"] for s in samples)  # top-label: every text has a first label
+    assert [s["accepted_label"] for s in samples] == top
+    assert any(y != s["label"] for y, s in zip(top, samples, strict=True)), "no text was relabelled"
+    metrics = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").open()]
+    fit = next(m for m in metrics if m["phase"] == "C1-fit" and m["round"] == 1)
+    assert {c["metrics"]["num_accepted"] for c in fit["clients"].values()} == {len(samples)}

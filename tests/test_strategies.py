@@ -199,3 +199,18 @@ def test_on_two_labels_top_label_is_more_often_than_not():
     kept = names(select(pool, 2, threshold="top-label", top_fraction=1.0, balance=False))
     assert kept == names(select(pool, 2, threshold=0.5, top_fraction=1.0, balance=False))
     assert kept == ["s0", "s1", "s4"]
+
+
+def test_select_relabels_the_judges_flips_instead_of_dropping_them():
+    pool = [three_labels("a", 0, [0.7, 0.2, 0.1]), three_labels("b", 0, [0.1, 0.8, 0.1]),
+            three_labels("c", 1, [0.3, 0.4, 0.3]), three_labels("d", 2, [0.45, 0.35, 0.2])]
+    dropped = select(pool, 3, threshold=0.5, top_fraction=1.0, balance=False)
+    assert [(s.text, s.label) for s in dropped] == [("a", 0)]
+    # b is kept under the label the judges give 0.8; no label of c or d reaches 0.5
+    kept = select(pool, 3, threshold=0.5, top_fraction=1.0, balance=False, flips="relabel")
+    assert sorted((s.text, s.label, s.quality) for s in kept) == [("a", 0, 0.7), ("b", 1, 0.8)]
+    # with top-label every text stays, under the label ranked first
+    everything = select(pool, 3, threshold="top-label", top_fraction=1.0, balance=False, flips="relabel")
+    assert sorted((s.text, s.label) for s in everything) == [("a", 0), ("b", 1), ("c", 1), ("d", 0)]
+    assert [s.label for s in pool] == [0, 0, 1, 2], "the judged samples themselves are not changed"
+

@@ -182,6 +182,9 @@ class SelectionConfig(_Section):
                                                                      "its samples (best q_j first)")
     balance: bool = Field(default=True, description="every label keeps as many samples as the label with "
                                                     "the fewest accepted")
+    flips: Literal["drop", "relabel"] = Field(
+        default="drop", description="a sample under the threshold: drop it, or relabel it with the label "
+                                    "the judges rank first and keep it (every text stays)")
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -159,9 +159,11 @@ class RoundLoop:
                 accepted = self.quality.labelled_as_intended(accepted)
         else:
             scored, accepted = self._judge(candidates)
-        accepted_ids = {id(s) for s in accepted}
+        # by text (S1 drops duplicates): S4 may accept a sample under another label (selection.flips)
+        accepted_label = {s.text: s.label for s in accepted}
         self.run.write_jsonl(self.run.round_dir(round_) / "samples.jsonl",
-                             [{**s.__dict__, "accepted": id(s) in accepted_ids} for s in scored])
+                             [{**s.__dict__, "accepted": s.text in accepted_label,
+                               "accepted_label": accepted_label.get(s.text)} for s in scored])
         if self.quality is not None:
             with self.phase("E-data-quality") as record:
                 record |= self.quality.measure(candidates, scored, accepted)

@@ -84,7 +84,7 @@ class Server:
         samples per label (most voted for, with realism feedback)."""
         sel = self.config.selection
         accepted = select(scored, self.task.num_labels, sel.threshold, sel.top_fraction,
-                          sel.balance)
+                          sel.balance, sel.flips)
         keep = self.config.feedback.demonstrations_from_feedback
         rank = sample_rank(self.config.feedback.strategy)
         for label in range(self.task.num_labels):
