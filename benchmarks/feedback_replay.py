@@ -130,7 +130,7 @@ def table(rows: list[dict], machine: str) -> str:
              "seeds; held-out: 100 real training texts per label in no silo; change: paired by seed "
              "against `plain` with the same budget.", "",
              "| task | C1 budget (lr:epochs) | variant | seeds | texts kept per round | held-out | "
-             "change | test | change |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+             "change | change by seed | test | change |", "|---|---|---|---|---|---:|---:|---|---:|---:|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["budget"], r["variant"]), []).append(r)
@@ -140,10 +140,12 @@ def table(rows: list[dict], machine: str) -> str:
         mean = lambda values: 100 * statistics.mean(values)  # noqa: E731
         kept = " / ".join(f"{statistics.mean(r['kept_per_round'][i] for r in group):.0f}"
                           for i in range(len(group[0]["kept_per_round"])))
+        by_seed = ", ".join(f"{100 * (r['heldout_acc_mean'] - p['heldout_acc_mean']):+.1f}" for r, p in pairs)
         lines.append(
             f"| {task} | {budget} | {variant} | {','.join(str(r['seed']) for r in group)} | {kept} | "
             f"{mean(r['heldout_acc_mean'] for r in group):.1f} | "
             f"{mean(r['heldout_acc_mean'] - p['heldout_acc_mean'] for r, p in pairs):+.1f} | "
+            f"{by_seed} | "
             f"{mean(r['test_acc_mean'] for r in group):.1f} | "
             f"{mean(r['test_acc_mean'] - p['test_acc_mean'] for r, p in pairs):+.1f} |")
     return "\n".join(lines) + "\n"
