@@ -22,9 +22,10 @@ def acceptable(sample: ScoredSample, threshold: float | str) -> bool:
 def relabelled(sample: ScoredSample, threshold: float | str) -> ScoredSample:
     """An unacceptable sample under the label the judges rank first, with that label's q.
 
-    Where the generator's labels are already mostly right, dropping the judges' flips costs
-    texts and little else; relabelling keeps every text and still corrects what the judges
-    are sure of (``benchmarks/feedback_replay.py``: on TREC, 3-4 held-out points above dropping).
+    Dropping the judges' flips costs the round texts; relabelling keeps every text and still
+    corrects what the judges are sure of: on TREC's plain synthetic texts 4 held-out points
+    above dropping (``benchmarks/feedback_replay.py``), level with the default in full rounds
+    (docs/results.md).
     """
     if acceptable(sample, threshold):
         return sample
