@@ -47,6 +47,7 @@ from crosslm.bench.spec import Cell, expand, load_spec
 from crosslm.client import Client
 from crosslm.config import ExperimentConfig
 from crosslm.federation_setup import build_client, load_experiment_data
+from crosslm.models.classifier import TextClassifier, build_classifier
 from crosslm.models.training import accuracy
 from crosslm.protocol import FitIns, ScoreIns
 from crosslm.rundir import write_atomic
@@ -84,6 +85,15 @@ def judged(batch: Batch, clients: list[Client], round_: int, variant: str, thres
     return out
 
 
+def last_model(client: Client, config: ExperimentConfig) -> TextClassifier:
+    """The client's SLM after the last round, from the snapshot its C1 saved."""
+    classifier = build_classifier(client.model_name, client.task, config.clients.lora_rank, client.seed,
+                                  device=config.clients.device,
+                                  lora_target_modules=config.clients.lora_target_modules)
+    classifier.load(client.state_dir / f"model-r{config.rounds}.safetensors")
+    return classifier
+
+
 def replay(cell: Cell, variant: str, budget: str | None, threshold: float, texts: list[Example],
            output_dir: Path) -> dict:
     """C1 of rounds 1..R again, from the cell's shared round 0, with ``variant``'s accepted sets."""
@@ -110,7 +120,7 @@ def replay(cell: Cell, variant: str, budget: str | None, threshold: float, texts
             one_hot = [[float(y == label) for y in range(data.task.num_labels)] for _, label in batch]
             ins = FitIns(round_, [t for t, _ in batch], [y for _, y in batch], one_hot)
             test = {c.name: c.fit(ins).test_accuracy for c in clients}
-        heldout = {c.name: accuracy(c._model_after(config.rounds), texts) for c in clients}
+        heldout = {c.name: accuracy(last_model(c, config), texts) for c in clients}
     training = config.clients.round_training
     return {"task": cell.task, "seed": cell.seed, "variant": variant,
             "budget": f"{training.lr:g}:{training.epochs}",
