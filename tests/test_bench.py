@@ -564,8 +564,10 @@ def test_a_stopped_cell_keeps_the_time_it_ran_and_resumes(workspace, stop):
     metrics = cell / "metrics.jsonl"
     round_zero = [line for line in metrics.read_text().splitlines() if json.loads(line)["round"] == 0]
     metrics.write_text("\n".join(round_zero) + "\n")
+    # as from a terminal: a shell's background job (`make test &`) inherits SIGINT ignored
     bench = subprocess.Popen([str(Path(sys.executable).parent / "crosslm"), "bench", "spec.yaml"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = time.perf_counter()
     while len(metrics.read_text().splitlines()) == len(round_zero):  # round 1 has written its first phase
         assert bench.poll() is None and time.perf_counter() - started < 300, bench.stderr.read()
